@@ -1,0 +1,192 @@
+"""Mask outputs: ``full`` (mmdet 3.3's paste), ``legacy`` (mmdet 2.x lists), ``box`` (box-local), ``raw`` (28x28).
+
+``box`` and ``raw`` are lazy: ``paste(i)``, ``to_full()`` and ``to_rle()`` pay the paste only when asked,
+and pasted back they equal ``full`` (mmdet's own ``_do_paste_mask`` does the box-local paste, exactly as
+mmdet runs it on the CPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MASK_VARIANTS = ("full", "legacy", "box", "raw")
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def _paste_one(probs: Tensor, box: Tensor, img_h: int, img_w: int) -> tuple[Tensor, int, int]:
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    region, (ys, xs) = _do_paste_mask(probs, box, img_h, img_w, skip_empty=True)
+    return region[0], int(ys.start), int(xs.start)
+
+
+class LazyMasks:
+    """Common API of the lazy results: ``len``, ``paste(i)`` (box-local bool + offset), ``to_full()``, ``to_rle()``."""
+
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def paste(self, i: int) -> tuple[Tensor, int, int]:
+        raise NotImplementedError
+
+    def to_full(self) -> Tensor:
+        h, w = self.image_size
+        out = torch.zeros(len(self), h, w, dtype=torch.bool)
+        for i in range(len(self)):
+            m, y0, x0 = self.paste(i)
+            out[i, y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+        return out
+
+    def to_rle(self) -> list[dict]:
+        h, w = self.image_size
+        rles = []
+        for i in range(len(self)):
+            m, y0, x0 = self.paste(i)
+            full = np.zeros((h, w), dtype=np.uint8)
+            full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m.numpy()
+            rles.append(rle_encode(full))
+        return rles
+
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class BoxMasks(LazyMasks):
+    """Each mask pasted only inside its box, with its offset: memory grows with box area, not image area."""
+
+    regions: list[Tensor]
+    offsets: list[tuple[int, int]]  # (y0, x0)
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    def paste(self, i: int) -> tuple[Tensor, int, int]:
+        return self.regions[i], *self.offsets[i]
+
+    def nbytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.regions)
+
+
+@dataclass
+class RawMasks(LazyMasks):
+    """The mask head's probabilities (N x 1 x M x M, any M) and boxes in original-image coordinates."""
+
+    probs: Tensor
+    bboxes: Tensor
+    image_size: tuple[int, int]
+    threshold: float = 0.5
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def paste(self, i: int) -> tuple[Tensor, int, int]:
+        h, w = self.image_size
+        soft, y0, x0 = _paste_one(self.probs[i:i + 1], self.bboxes[i:i + 1], h, w)
+        return soft >= self.threshold, y0, x0
+
+    def nbytes(self) -> int:
+        return self.probs.numel() * self.probs.element_size() + self.bboxes.numel() * 4
+
+
+@dataclass
+class LegacyMasks:
+    """mmdet 2.x's output: per class, a list of full-size host bool arrays."""
+
+    per_class: list[list[np.ndarray]]
+    order: list[tuple[int, int]]  # instance i -> (class, index in class), to compare with the others
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def to_full(self) -> Tensor:
+        h, w = self.image_size
+        if not self.order:
+            return torch.zeros(0, h, w, dtype=torch.bool)
+        return torch.from_numpy(np.stack([self.per_class[c][j] for c, j in self.order]))
+
+    def to_rle(self) -> list[dict]:
+        return [rle_encode(self.per_class[c][j]) for c, j in self.order]
+
+    def nbytes(self) -> int:
+        return sum(m.nbytes for cls in self.per_class for m in cls)
+
+
+def full_masks(masks) -> Tensor | None:
+    """Any mask output as an N x H x W bool CPU tensor."""
+    if masks is None:
+        return None
+    if isinstance(masks, Tensor):
+        return masks.cpu()
+    return masks.to_full()
+
+
+def masks_nbytes(masks) -> int:
+    if masks is None:
+        return 0
+    if isinstance(masks, Tensor):
+        return masks.numel() * masks.element_size()
+    return masks.nbytes()
+
+
+def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict):
+    """Turn one image's mask logits (N x C x M x M) into the variant's output; boxes come back rescaled.
+
+    Returns (results with rescaled ``bboxes``, masks). ``full`` runs mmdet's own code, unchanged.
+    """
+    if variant not in MASK_VARIANTS:
+        raise ValueError(f"unknown masks variant {variant!r}; choose from {', '.join(MASK_VARIANTS)}")
+    cfg = roi_head.test_cfg
+    if variant in ("full", "legacy"):
+        results = roi_head.mask_head.predict_by_feat(
+            mask_preds=(mask_preds,), results_list=[results], batch_img_metas=[meta], rcnn_test_cfg=cfg,
+            rescale=True)[0]
+        if variant == "full":
+            return results, results.masks.cpu()
+        return results, _legacy(results.masks, results.labels.cpu(), roi_head.mask_head.num_classes)
+    h, w = meta["ori_shape"][:2]
+    bboxes = results.bboxes
+    scale = bboxes.new_tensor(meta["scale_factor"]).repeat((1, 2))
+    results.bboxes = bboxes / scale  # what mmdet's paste does in place
+    n = len(results)
+    if n == 0:
+        probs = mask_preds.new_zeros((0, 1) + tuple(mask_preds.shape[-2:]))
+    elif roi_head.mask_head.class_agnostic:
+        probs = mask_preds.sigmoid()
+    else:
+        probs = mask_preds[torch.arange(n, device=mask_preds.device), results.labels][:, None].sigmoid()
+    probs = probs.float()
+    if variant == "raw":
+        return results, RawMasks(probs.cpu(), results.bboxes.cpu(), (h, w), float(cfg.mask_thr_binary))
+    regions, offsets = [], []
+    for i in range(n):
+        soft, y0, x0 = _paste_one(probs[i:i + 1], results.bboxes[i:i + 1], h, w)
+        regions.append(soft >= cfg.mask_thr_binary)
+        offsets.append((y0, x0))
+    if regions and regions[0].device.type != "cpu":  # one copy to the host, not N
+        flat = torch.cat([r.flatten() for r in regions]).cpu()
+        regions = [t.view(r.shape) for t, r in zip(flat.split([r.numel() for r in regions]), regions)]
+    return results, BoxMasks(regions, offsets, (h, w))
+
+
+def _legacy(masks: Tensor, labels: Tensor, num_classes: int) -> LegacyMasks:
+    per_class: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    order = []
+    for i, c in enumerate(labels.tolist()):
+        order.append((c, len(per_class[c])))
+        per_class[c].append(masks[i].cpu().numpy())  # one host copy per instance, as mmdet 2.x did
+    return LegacyMasks(per_class, order, tuple(masks.shape[-2:]))

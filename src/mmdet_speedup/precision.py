@@ -1,0 +1,83 @@
+"""Reduced precision for the convolutional stages; NMS, box decoding, RoIAlign and paste stay in fp32.
+
+``fp16`` is CUDA autocast (TensorCores); ``bf16`` is autocast on the CPU (AMX on Sapphire Rapids) or CUDA.
+``*-weights`` keeps backbone and neck entirely in the reduced dtype (weights cast once) instead of letting
+autocast cast around every BatchNorm. ``channels_last`` and BatchNorm folding are separate levers.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+PRECISIONS = ("fp32", "fp16", "bf16", "fp16-weights", "bf16-weights")
+_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        if self.name not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.name!r}; choose from {', '.join(PRECISIONS)}")
+        if self.dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("fp16 needs CUDA (TensorCores); on the CPU use bf16 (AMX where the CPU has it)")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return _DTYPES[self.name.split("-")[0]]
+
+    @property
+    def cast_weights(self) -> bool:
+        return self.name.endswith("-weights")
+
+    @property
+    def reduced(self) -> bool:
+        return self.dtype is not None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.reduced:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def input(self, x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x.to(self.dtype) if self.cast_weights else x
+
+
+def to_float(obj: Any) -> Any:
+    """Cast every floating tensor in a (nested) tuple/list back to fp32, for the fp32 parts."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() and obj.dtype != torch.float32 else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_float(o) for o in obj)
+    return obj
+
+
+def feature_modules(model) -> list[torch.nn.Module]:
+    mods = [model.backbone]
+    if model.with_neck:
+        mods.append(model.neck)
+    return mods
+
+
+def apply(model, precision: Precision, *, channels_last: bool = False, fold_bn: bool = False) -> None:
+    """Mutates ``model`` (a copy owned by the optimized predictor) for the chosen levers."""
+    if fold_bn:
+        from mmcv.cnn import fuse_conv_bn
+
+        fuse_conv_bn(model.backbone)
+        shared = getattr(model.roi_head, "shared_head", None)
+        if shared is not None:
+            fuse_conv_bn(shared)
+    if channels_last:
+        for m in feature_modules(model) + [model.rpn_head, model.roi_head]:
+            m.to(memory_format=torch.channels_last)
+    if precision.cast_weights:
+        for m in feature_modules(model):
+            m.to(precision.dtype)

@@ -1,0 +1,210 @@
+"""Pre-processing variants: each turns a decoded uint8 BGR image into the model's inputs and metainfo.
+
+Every variant has a host step (timed as ``preprocess``) and a device step (timed as ``data_preprocessor``):
+- ``legacy``: mmdet 2.x: CPU resize, CPU float32 normalize and pad, float32 host-to-device copy.
+- ``stock``: mmdet 3.3: the config's test pipeline on the CPU, uint8 copy, ``DetDataPreprocessor``.
+- ``device``: uint8 copy (pinned, non-blocking on CUDA), then resize, colour order, normalize, pad on the device.
+- ``auto``: the fastest of the three for the device (CUDA: ``device``; elsewhere measured once per input shape).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PREPROCESS_VARIANTS = ("legacy", "stock", "device", "auto")
+
+
+@dataclass
+class HostBatch:
+    """What the host step hands to the device step (one image)."""
+
+    data: Any
+    meta: dict
+    bytes_copied: int = 0
+    variant: str = ""
+
+
+def _norm_params(model) -> tuple[torch.Tensor, torch.Tensor, bool, int, float]:
+    dp = model.data_preprocessor
+    return dp.mean, dp.std, bool(dp._channel_conversion), int(dp.pad_size_divisor), float(dp.pad_value)
+
+
+def test_pipeline(model):
+    """The config's test pipeline for in-memory arrays, as ``mmdet.apis.inference_detector`` builds it."""
+    from mmcv.transforms import Compose
+
+    cfg = model.cfg.copy()
+    steps = [dict(t) for t in cfg.test_dataloader.dataset.pipeline if "LoadAnnotations" not in t["type"]]
+    steps[0]["type"] = "mmdet.LoadImageFromNDArray"
+    return Compose(steps)
+
+
+def resize_target(model) -> tuple[int, int]:
+    for t in model.cfg.test_dataloader.dataset.pipeline:
+        if t["type"].endswith("Resize"):
+            if not t.get("keep_ratio", False):
+                raise ValueError("only keep_ratio Resize is supported by the legacy/device variants")
+            return tuple(t["scale"])
+    raise ValueError("the config's test pipeline has no Resize")
+
+
+def rescaled_size(w: int, h: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmdet's keep-ratio size rule (mmcv.rescale_size), shared by every variant."""
+    import mmcv
+
+    return tuple(mmcv.rescale_size((w, h), scale))  # (new_w, new_h)
+
+
+def _meta(img: np.ndarray, new_w: int, new_h: int, divisor: int) -> dict:
+    h, w = img.shape[:2]
+    pad = (int(math.ceil(new_h / divisor)) * divisor, int(math.ceil(new_w / divisor)) * divisor)
+    return dict(img_id=0, img_path=None, ori_shape=(h, w), img_shape=(new_h, new_w),
+                scale_factor=(new_w / w, new_h / h), pad_shape=pad, batch_input_shape=pad)
+
+
+def _samples(meta: dict):
+    from mmdet.structures import DetDataSample
+
+    return [DetDataSample(metainfo=meta)]
+
+
+class Preprocessor:
+    name = "base"
+
+    def __init__(self, model, device: torch.device) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.mean, self.std, self.to_rgb, self.divisor, self.pad_value = _norm_params(model)
+        self.scale = resize_target(model)
+
+    def host(self, img: np.ndarray) -> HostBatch:
+        raise NotImplementedError
+
+    def to_device(self, hb: HostBatch) -> tuple[torch.Tensor, list]:
+        raise NotImplementedError
+
+    def __call__(self, img: np.ndarray) -> tuple[torch.Tensor, list]:
+        return self.to_device(self.host(img))
+
+
+class StockPreprocessor(Preprocessor):
+    name = "stock"
+
+    def __init__(self, model, device) -> None:
+        super().__init__(model, device)
+        self.pipeline = test_pipeline(model)
+
+    def host(self, img: np.ndarray) -> HostBatch:
+        data = self.pipeline(dict(img=img, img_id=0))
+        return HostBatch(data, {}, data["inputs"].numel())
+
+    def to_device(self, hb: HostBatch) -> tuple[torch.Tensor, list]:
+        out = self.model.data_preprocessor(dict(inputs=[hb.data["inputs"]], data_samples=[hb.data["data_samples"]]),
+                                           False)
+        return out["inputs"], out["data_samples"]
+
+
+class LegacyPreprocessor(Preprocessor):
+    """mmdet 2.x's Resize -> Normalize -> Pad -> ImageToTensor, all on the CPU in float32."""
+
+    name = "legacy"
+
+    def host(self, img: np.ndarray) -> HostBatch:
+        import mmcv
+
+        h, w = img.shape[:2]
+        new_w, new_h = rescaled_size(w, h, self.scale)
+        resized = mmcv.imresize(img, (new_w, new_h), interpolation="bilinear", backend="cv2")
+        mean = self.mean.flatten().cpu().numpy()
+        std = self.std.flatten().cpu().numpy()
+        norm = mmcv.imnormalize(resized, mean, std, to_rgb=self.to_rgb)  # flips before subtracting, as 2.x did
+        meta = _meta(img, new_w, new_h, self.divisor)
+        padded = mmcv.impad(norm, shape=meta["pad_shape"], pad_val=self.pad_value)
+        t = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))
+        return HostBatch(t, meta, t.numel() * 4)
+
+    def to_device(self, hb: HostBatch) -> tuple[torch.Tensor, list]:
+        return hb.data.to(self.device)[None], _samples(hb.meta)
+
+
+class DevicePreprocessor(Preprocessor):
+    """Decode stays on the host; everything else runs in torch on the device, from uint8."""
+
+    name = "device"
+
+    def host(self, img: np.ndarray) -> HostBatch:
+        t = torch.from_numpy(img)
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        h, w = img.shape[:2]
+        new_w, new_h = rescaled_size(w, h, self.scale)
+        return HostBatch(t, _meta(img, new_w, new_h, self.divisor), t.numel())
+
+    def to_device(self, hb: HostBatch) -> tuple[torch.Tensor, list]:
+        meta = hb.meta
+        x = hb.data.to(self.device, non_blocking=True).permute(2, 0, 1)[None]
+        if self.to_rgb:
+            x = x.flip(1)
+        new_h, new_w = meta["img_shape"]
+        if (new_h, new_w) != tuple(x.shape[-2:]):
+            # uint8 bilinear without antialias, like cv2's INTER_LINEAR (which has none)
+            x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(new_h, new_w),
+                              mode="bilinear", align_corners=False, antialias=False)
+        x = (x.float() - self.mean) / self.std
+        ph, pw = meta["pad_shape"]
+        x = F.pad(x, (0, pw - new_w, 0, ph - new_h), value=self.pad_value)
+        return x.contiguous(), _samples(meta)
+
+
+class AutoPreprocessor(Preprocessor):
+    """Picks the fastest variant for this device: ``device`` on CUDA; elsewhere measured per input shape."""
+
+    name = "auto"
+
+    def __init__(self, model, device, trials: int = 3) -> None:
+        super().__init__(model, device)
+        self.candidates = {c.name: c(model, device) for c in (LegacyPreprocessor, StockPreprocessor,
+                                                               DevicePreprocessor)}
+        self.trials = trials
+        self.choice: dict[tuple, str] = {}
+
+    def pick(self, img: np.ndarray) -> Preprocessor:
+        if self.device.type == "cuda":
+            return self.candidates["device"]
+        key = img.shape
+        if key not in self.choice:
+            best = {}
+            for name, p in self.candidates.items():
+                p(img)
+                t = []
+                for _ in range(self.trials):
+                    t0 = time.perf_counter()
+                    p(img)
+                    t.append(time.perf_counter() - t0)
+                best[name] = float(np.median(t))
+            self.choice[key] = min(best, key=best.get)
+        return self.candidates[self.choice[key]]
+
+    def host(self, img: np.ndarray) -> HostBatch:
+        p = self.pick(img)
+        hb = p.host(img)
+        hb.variant = p.name
+        return hb
+
+    def to_device(self, hb: HostBatch) -> tuple[torch.Tensor, list]:
+        return self.candidates[hb.variant].to_device(hb)
+
+
+_VARIANTS = {c.name: c for c in (LegacyPreprocessor, StockPreprocessor, DevicePreprocessor, AutoPreprocessor)}
+
+
+def make_preprocessor(name: str, model, device) -> Preprocessor:
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown preprocess variant {name!r}; choose from {', '.join(PREPROCESS_VARIANTS)}")
+    return _VARIANTS[name](model, device)

@@ -1,0 +1,155 @@
+"""The one timing primitive: a device-aware stage timer, warm-up/repeat, median with p10/p90 and n."""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+Clock = Callable[[], float]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but torch sees no CUDA device")
+    return dev
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageTimer:
+    """Opens and closes named stages; synchronizes the device at every edge so a stage owns its kernels.
+
+    Nested stages (``rpn.nms`` inside ``rpn``) are timed the same way and kept apart from the sum.
+    ``clock`` is injectable so tests can check the accounting without wall time.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", clock: Clock = time.perf_counter,
+                 record_function: bool = True) -> None:
+        self.device = torch.device(device)
+        self.clock = clock
+        self.record_function = record_function
+        self.times: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        ctx = torch.profiler.record_function(name) if self.record_function else contextlib.nullcontext()
+        with ctx:
+            synchronize(self.device)
+            start = self.clock()
+            try:
+                yield
+            finally:
+                synchronize(self.device)
+                self.times[name] = self.times.get(name, 0.0) + (self.clock() - start) * 1e3
+                self.counts[name] = self.counts.get(name, 0) + 1
+
+    def ms(self) -> dict[str, float]:
+        return dict(self.times)
+
+
+class NullTimer:
+    """Same interface, no cost: the pipeline runs identically without a profiler."""
+
+    device = torch.device("cpu")
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        yield
+
+    def ms(self) -> dict[str, float]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ms (p10 {self.p10:.2f}, p90 {self.p90:.2f}, n={self.n})"
+
+
+def summarize(samples: list[float] | np.ndarray) -> Summary:
+    a = np.asarray(samples, dtype=float)
+    if a.size == 0:
+        return Summary(float("nan"), float("nan"), float("nan"), 0)
+    return Summary(float(np.median(a)), float(np.percentile(a, 10)), float(np.percentile(a, 90)), int(a.size))
+
+
+def benchmark(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5,
+              device: torch.device | str = "cpu", clock: Clock = time.perf_counter) -> list[float]:
+    """Run ``fn`` ``warmup`` times (dropped), then ``repeats`` times; return the repeat times in ms."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = clock()
+        fn()
+        synchronize(device)
+        out.append((clock() - t0) * 1e3)
+    return out
+
+
+class PeakMemory:
+    """Peak memory of a block in MB: CUDA max-allocated on a GPU, sampled RSS (less the start) on the CPU.
+
+    The CPU's VmHWM never goes down within a process, so RSS is sampled in a thread instead.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak_mb = float("nan")
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            return float("nan")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._max = max(self._max, self.rss_mb())
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._base = self._max = self.rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def current_mb(self) -> float:
+        """The peak so far (the profiler writes rows while the block is still open)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(self._max, self.rss_mb()) - self._base
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._max = max(self._max, self.rss_mb())
+            self.peak_mb = self._max - self._base

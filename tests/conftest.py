@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = sorted((REPO / "data" / "images").glob("*.jpg"))
+# Small enough for CI, large enough that the mask head runs on >= 50 detections.
+SMALL = dict(scale=(480, 320), dets_per_image=60, rpn_proposals=300)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def images() -> list[Path]:
+    assert IMAGES, "data/images/*.jpg missing"
+    return IMAGES
+
+
+@pytest.fixture(scope="session")
+def image(images) -> Path:
+    return images[0]
+
+
+@pytest.fixture(scope="session")
+def mask_rcnn():
+    from mmdet_speedup import Workload, build_detector
+
+    return build_detector("mask-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
+
+
+@pytest.fixture(scope="session")
+def faster_rcnn():
+    from mmdet_speedup import Workload, build_detector
+
+    return build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
+
+
+@pytest.fixture(scope="session")
+def stock_dets(mask_rcnn, image):
+    from mmdet_speedup import stock_test_step
+
+    return stock_test_step(mask_rcnn, image)
+
+
+class TickClock:
+    """A fake clock: every read advances one second, so stage times count clock reads, not wall time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t

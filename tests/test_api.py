@@ -1,0 +1,118 @@
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from mmdet_speedup import STOCK, ImageLoadError, StagedPipeline, UnsupportedModelError, optimize
+from mmdet_speedup.loader import PrefetchReader, ReaderError, run_overlapped, run_serial
+
+
+def test_optimize_one_call_and_report(mask_rcnn, images):
+    p = optimize(mask_rcnn, device="cpu")
+    assert p.choices.precision in ("bf16", "fp32") and p.choices.masks == "raw"
+    dets = p.predict(images[:1])
+    assert len(dets) == 1 and len(dets[0]) >= 50
+    rep = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="raw", device="cpu").equivalence_report(images[:1])
+    r = rep.iloc[0]
+    assert r["matched_ref"] == 1.0 and r["box_iou_min"] == 1.0 and r["mask_iou_min"] == 1.0
+    assert r["feature_rel_err"] == 0.0 and r["mask_prob_diff_max"] == 0.0
+
+
+def test_report_cannot_pass_vacuously(mask_rcnn, image):
+    """A variant that changes results must show it: fewer detections means fewer matched."""
+    from mmdet_speedup import compare
+    ref = StagedPipeline(mask_rcnn, STOCK, "cpu")(image)
+    half = type(ref)(ref.bboxes[::2], ref.scores[::2], ref.labels[::2], ref.masks[::2], ref.image_size)
+    a = compare(ref, half)
+    assert a.matched_ref == pytest.approx(0.5, abs=0.01) and a.matched_test == 1.0 and not a.passes()
+
+
+def test_faster_rcnn_supported(faster_rcnn, image):
+    p = optimize(faster_rcnn, device="cpu")
+    assert p.choices.masks == "full"
+    d = p(image)
+    assert d.masks is None and len(d) > 0
+    with pytest.raises(ValueError, match="needs a model with a mask head"):
+        optimize(faster_rcnn, masks="raw", device="cpu")
+
+
+def test_one_stage_detector_is_rejected():
+    from mmdet_speedup import Workload, build_detector
+    with pytest.raises(UnsupportedModelError, match="two-stage"):
+        build_detector("retinanet_r50_fpn_1x_coco", device="cpu", workload=Workload(scale=(320, 224)))
+
+
+def test_bad_images(mask_rcnn, tmp_path):
+    pipe = StagedPipeline(mask_rcnn, STOCK, "cpu")
+    with pytest.raises(ImageLoadError, match="not found"):
+        pipe(tmp_path / "missing.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(ImageLoadError, match="corrupt"):
+        pipe(bad)
+
+
+# -- overlapped loading ------------------------------------------------------------------------------------
+def test_reader_keeps_order_and_matches_serial(mask_rcnn, images):
+    pipe = StagedPipeline(mask_rcnn, STOCK, "cpu")
+    srcs = list(images[:3]) * 2
+    names = [it.name for it in PrefetchReader(srcs, pipe, depth=2, workers=2)]
+    assert names == [p.name for p in srcs]
+    from mmdet_speedup import identical
+    for a, b in zip(run_serial(pipe, srcs[:3]), run_overlapped(pipe, srcs[:3], depth=2)):
+        assert identical(a, b)
+
+
+def test_reader_error_names_the_image_and_does_not_hang(mask_rcnn, images, tmp_path):
+    pipe = StagedPipeline(mask_rcnn, STOCK, "cpu")
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 garbage")
+    srcs = [images[0], bad, images[1], images[2]]
+    got = []
+    done = threading.Event()
+
+    def consume():
+        try:
+            for it in PrefetchReader(srcs, pipe, depth=3):
+                got.append(it.name)
+        except ReaderError as e:
+            got.append(e)
+        done.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    assert done.wait(60), "reader hung"
+    assert got[0] == images[0].name and isinstance(got[1], ReaderError) and "broken.jpg" in str(got[1])
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "mmdet_speedup", "profile", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["no-such-config_1x"], "unknown config"),
+    (["mask-rcnn_r50_fpn_1x_coco", "--image", "/nonexistent.jpg"], "image not found"),
+    (["retinanet_r50_fpn_1x_coco", "--scale", "320x224"], "two-stage"),
+    (["mask-rcnn_r50_fpn_1x_coco", "--scale", "big"], "WxH"),
+])
+def test_cli_errors_are_one_line(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_profiles_comma_variants(image, tmp_path):
+    out = tmp_path / "cli.csv"
+    r = _cli("mask-rcnn_r50_fpn_1x_coco", "--image", str(image), "--scale", "320x224", "--dets", "20",
+             "--rpn-pre-nms", "200", "--repeats", "1", "--warmup", "0", "--masks", "full,raw", "--device", "cpu",
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "stock/fp32/full" in r.stdout and "stock/fp32/raw" in r.stdout and "mask_postprocess" in r.stdout
+    import pandas as pd
+    df = pd.read_csv(out)
+    assert set(df["variant"]) == {"stock/fp32/full", "stock/fp32/raw"} and (df["status"] == "ok").all()

@@ -1,0 +1,93 @@
+"""The built book is offline-safe and its figures are not blank (scripts/check_html.py).
+
+`make test` builds the HTML first (`make html`); run alone, the build test is skipped when there is no
+build. The unit test feeds the checker a tiny fake build so that it is shown to fail when it should.
+"""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "_build" / "html"
+
+
+def _load_checker():
+    spec = importlib.util.spec_from_file_location("check_html", ROOT / "scripts" / "check_html.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["check_html"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+check_html = _load_checker()
+
+
+def _png(blank: bool) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.full((8, 8, 3), 255, dtype=np.uint8)
+    if not blank:
+        arr[2:6, 2:6] = (200, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_built_book_is_clean():
+    if not (BUILD / "index.html").is_file():
+        pytest.skip(f"no built book at {BUILD}/index.html: run `make html` first (make test does)")
+    problems = check_html.check_build(BUILD, ROOT / "_toc.yml")
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_reports_external_link_blank_png_and_missing_page(tmp_path):
+    build = tmp_path / "html"
+    (build / "book").mkdir(parents=True)
+    (build / "book" / "fig.png").write_bytes(_png(blank=False))
+    blank_b64 = base64.b64encode(_png(blank=True)).decode()
+    good_b64 = base64.b64encode(_png(blank=False)).decode()
+    (build / "index.html").write_text('<a href="book/intro.html">in</a>')
+    (build / "book" / "intro.html").write_text(
+        "<html><head>"
+        '<script src="https://cdn.example.org/mathjax.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/a.css">'
+        "</head><body>"
+        '<a href="mailto:someone@example.org">mail</a>'
+        '<a href="../../outside.html">escape</a>'
+        '<a href="missing.html#top">missing</a>'
+        '<a href="intro.html#ok">self</a>'
+        '<img src="fig.png">'
+        f'<img src="data:image/png;base64,{good_b64}">'
+        f'<img src="data:image/png;base64,{blank_b64}">'
+        "</body></html>"
+    )
+    toc = tmp_path / "_toc.yml"
+    toc.write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/absent\n")
+
+    problems = check_html.check_build(build, toc)
+    text = "\n".join(problems)
+    assert "https://cdn.example.org/mathjax.js" in text
+    assert "//fonts.example.org/a.css" in text
+    assert "mailto:" in text
+    assert "escapes the build directory" in text
+    assert "missing.html" in text
+    assert "book/absent.html" in text
+    assert sum("blank" in p for p in problems) == 1, text
+    assert len(problems) == 7, text
+
+    # the command-line entry point exits 1 and 0
+    assert check_html.main([str(build), "--toc", str(toc)]) == 1
+    clean = tmp_path / "clean"
+    (clean / "book").mkdir(parents=True)
+    (clean / "index.html").write_text('<a href="book/intro.html">in</a>')
+    (clean / "book" / "intro.html").write_text(f'<img src="data:image/png;base64,{good_b64}">')
+    clean_toc = tmp_path / "clean_toc.yml"
+    clean_toc.write_text("format: jb-book\nroot: book/intro\n")
+    assert check_html.main([str(clean), "--toc", str(clean_toc)]) == 0

@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import torch
+
+from mmdet_speedup import (STOCK, BoxMasks, Choices, LegacyMasks, RawMasks, StagedPipeline, compare, identical,
+                           load_image, optimize)
+from mmdet_speedup.masks import rle_encode
+from mmdet_speedup.preprocess import make_preprocessor
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 is CUDA-only (TensorCores); no GPU here")
+
+
+# -- pre-processing ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["legacy", "device", "auto"])
+def test_preprocess_variants_match_stock_inputs(mask_rcnn, images, variant):
+    for path in images[:3]:
+        img = load_image(path)
+        ref, ref_s = make_preprocessor("stock", mask_rcnn, "cpu")(img)
+        x, s = make_preprocessor(variant, mask_rcnn, "cpu")(img)
+        assert x.shape == ref.shape and x.dtype == torch.float32
+        for k in ("ori_shape", "img_shape", "scale_factor", "pad_shape", "batch_input_shape"):
+            assert tuple(s[0].metainfo[k]) == tuple(ref_s[0].metainfo[k]), k
+        diff = (x - ref).abs()
+        # legacy is cv2's float normalize (rounding only); device is torch's uint8 bilinear resize, which rounds
+        # differently from cv2's fixed-point one: at most a few grey levels (one level = 1/57 after normalize)
+        tol_max, tol_mean = (1e-4, 1e-5) if variant == "legacy" else (6 / 57, 0.5 / 57)
+        if variant == "auto":
+            tol_max, tol_mean = 6 / 57, 0.5 / 57
+        assert float(diff.max()) <= tol_max and float(diff.mean()) <= tol_mean, (variant, float(diff.max()))
+
+
+def test_device_preprocess_is_exact_without_resize(mask_rcnn):
+    img = np.random.default_rng(0).integers(0, 256, (800, 1200, 3), dtype=np.uint8)  # already at scale
+    ref, _ = make_preprocessor("stock", mask_rcnn, "cpu")(img[:320, :480].copy())
+    x, _ = make_preprocessor("device", mask_rcnn, "cpu")(img[:320, :480].copy())
+    assert torch.allclose(x, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["legacy", "device"])
+def test_preprocess_detections_match_stock(mask_rcnn, images, variant):
+    for path in images[:2]:
+        ref = StagedPipeline(mask_rcnn, STOCK, "cpu")(path)
+        test = StagedPipeline(mask_rcnn, Choices(preprocess=variant), "cpu")(path)
+        a = compare(ref, test)
+        if variant == "legacy":  # same resize (cv2), float normalize: rounding only
+            assert a.n_ref >= 50 and a.passes(), a
+        else:
+            # torch's uint8 bilinear rounds differently from cv2's (a few grey levels); random weights amplify
+            # that into mask-boundary flips, so masks are held to a looser bar than boxes (book: preprocess)
+            assert a.n_ref >= 50 and a.passes(box_iou=0.98, matched=0.9, mask_iou=0.8), a
+
+
+def test_unknown_variants_rejected():
+    with pytest.raises(ValueError, match="unknown preprocess"):
+        Choices(preprocess="gpu")
+    with pytest.raises(ValueError, match="unknown precision"):
+        Choices(precision="int8")
+    with pytest.raises(ValueError, match="unknown masks"):
+        Choices(masks="png")
+
+
+# -- masks -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["legacy", "box", "raw"])
+def test_mask_variants_paste_back_to_full(mask_rcnn, image, stock_dets, variant):
+    dets = StagedPipeline(mask_rcnn, STOCK.replace(masks=variant), "cpu")(image)
+    kind = {"legacy": LegacyMasks, "box": BoxMasks, "raw": RawMasks}[variant]
+    assert isinstance(dets.masks, kind)
+    assert torch.equal(dets.bboxes, stock_dets.bboxes) and torch.equal(dets.scores, stock_dets.scores)
+    a = compare(stock_dets, dets)
+    assert a.matched_ref == 1.0 and a.mask_iou_min >= 0.99
+    assert identical(stock_dets, dets)  # on the CPU mmdet pastes box-local too: bit-identical
+    assert dets.masks.to_rle() == [rle_encode(m.numpy()) for m in stock_dets.masks]
+
+
+def test_lazy_paste_single_instance(mask_rcnn, image, stock_dets):
+    dets = StagedPipeline(mask_rcnn, STOCK.replace(masks="raw"), "cpu")(image)
+    m, y0, x0 = dets.masks.paste(3)
+    full = stock_dets.masks[3]
+    assert torch.equal(full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]], m)
+    assert int(full.sum()) == int(m.sum())  # nothing of the mask lies outside the pasted region
+    assert dets.masks.nbytes() < stock_dets.masks.numel() / 10
+
+
+def test_raw_masks_any_size_like_c4():
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(5, 1, 14, 14, generator=g)
+    boxes = torch.tensor([[10, 20, 60, 90], [0, 0, 30, 30], [50, 40, 99, 79], [5, 5, 6, 6], [20, 10, 80, 70]],
+                         dtype=torch.float32)
+    raw = RawMasks(probs, boxes, (80, 100), 0.5)
+    full = raw.to_full()
+    for i in range(5):
+        ref, (ys, xs) = _do_paste_mask(probs[i:i + 1], boxes[i:i + 1], 80, 100, skip_empty=True)
+        expect = torch.zeros(80, 100, dtype=torch.bool)
+        expect[ys, xs] = ref[0] >= 0.5
+        assert torch.equal(full[i], expect)
+
+
+# -- precision ---------------------------------------------------------------------------------------------
+def test_bf16_dtype_contracts(mask_rcnn, image):
+    """Convolutions run in bf16; NMS, RoIAlign inputs, box decoding and the outputs stay fp32."""
+    import mmdet_speedup.pipeline as P
+    from mmdet_speedup.models import clone
+
+    seen: dict[str, set] = {}
+
+    def hook(name):
+        def fn(mod, args, out):
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            seen.setdefault(name, set()).add(t.dtype)
+            if name.startswith("roi_extractor"):
+                seen.setdefault(name + ".in", set()).update(a.dtype for a in args[0])
+        return fn
+
+    model = clone(mask_rcnn)
+    pipe = StagedPipeline(model, Choices(precision="bf16", channels_last=True), "cpu")
+    hs = [model.backbone.conv1.register_forward_hook(hook("backbone.conv1")),
+          model.neck.fpn_convs[0].register_forward_hook(hook("neck")),
+          model.roi_head.bbox_roi_extractor.register_forward_hook(hook("roi_extractor")),
+          model.roi_head.bbox_head.fc_cls.register_forward_hook(hook("fc_cls"))]
+    nms_dtypes = set()
+    import mmdet.models.layers.bbox_nms as bn
+    import mmdet.models.dense_heads.rpn_head as rh
+    orig = (rh.batched_nms, bn.batched_nms)
+
+    def spy(f):
+        def g(boxes, scores, *a, **k):
+            nms_dtypes.update({boxes.dtype, scores.dtype})
+            return f(boxes, scores, *a, **k)
+        return g
+
+    rh.batched_nms, bn.batched_nms = spy(orig[0]), spy(orig[1])
+    try:
+        dets = pipe(image)
+    finally:
+        rh.batched_nms, bn.batched_nms = orig
+        for h in hs:
+            h.remove()
+    assert seen["backbone.conv1"] == {torch.bfloat16} and seen["neck"] == {torch.bfloat16}
+    assert seen["fc_cls"] == {torch.bfloat16}
+    assert seen["roi_extractor.in"] == {torch.float32} and seen["roi_extractor"] == {torch.float32}
+    assert nms_dtypes == {torch.float32}
+    assert dets.bboxes.dtype == dets.scores.dtype == torch.float32 and dets.masks.dtype == torch.bool
+
+
+def test_bf16_weights_and_fold_bn_run_and_agree_softly(mask_rcnn, image):
+    p = optimize(mask_rcnn, preprocess="stock", precision="bf16-weights", masks="full", fold_bn=True, device="cpu")
+    assert next(p.pipeline.model.backbone.parameters()).dtype == torch.bfloat16
+    assert next(mask_rcnn.backbone.parameters()).dtype == torch.float32  # the stock model is untouched
+    ref, test = p.features(image)
+    from mmdet_speedup.equivalence import relative_error
+    assert relative_error(ref, test) < 0.1
+
+
+def test_fold_bn_alone_is_equivalent(mask_rcnn, image, stock_dets):
+    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", fold_bn=True, device="cpu")
+    a = compare(stock_dets, p(image))
+    assert a.passes(box_iou=0.99), a
+
+
+@CUDA
+def test_fp16_cuda_contracts(image):
+    from mmdet_speedup import Workload, build_detector
+
+    m = build_detector("mask-rcnn_r50_fpn_1x_coco", device="cuda", workload=Workload(scale=(480, 320)))
+    dets = optimize(m, precision="fp16", preprocess="device", device="cuda")(image)
+    assert dets.bboxes.dtype == torch.float32 and dets.bboxes.device.type == "cpu"
+
+
+def test_fp16_on_cpu_is_a_clear_error(mask_rcnn):
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        StagedPipeline(mask_rcnn, Choices(precision="fp16"), "cpu")

@@ -1,0 +1,104 @@
+import csv
+
+import pandas as pd
+import pytest
+
+from mmdet_speedup import stages as S
+from mmdet_speedup.pipeline import STOCK, Choices, StagedPipeline
+from mmdet_speedup.profiler import Profiler, prepare_inputs, stage_gap, stage_table
+from mmdet_speedup.records import COLUMNS, Recorder
+from mmdet_speedup.timing import StageTimer, summarize
+
+from .conftest import TickClock
+
+REQUIRED = ("run_id timestamp git_sha benchmark_version notebook config variant preprocess precision channels_last "
+            "masks device dtype threads input_size scale rpn_pre_nms dets_per_image stage repeat ms peak_mem_mb "
+            "status message rpn_nms_in bbox_nms_in dets_out").split()
+
+
+def test_stage_names_defined_once():
+    assert len(set(S.ALL)) == len(S.ALL)
+    assert S.STAGES[0] == "load" and S.STAGES[-1] == "mask_postprocess"
+    assert all(S.parent(n) in S.STAGES for n in S.NESTED)
+
+
+def test_csv_schema_has_required_columns():
+    assert set(REQUIRED) <= set(COLUMNS)
+
+
+def test_summary_percentiles():
+    s = summarize(list(range(1, 11)))
+    assert s.n == 10 and s.median == 5.5 and s.p10 == pytest.approx(1.9) and s.p90 == pytest.approx(9.1)
+
+
+def test_timer_nested_and_clock():
+    t = StageTimer("cpu", clock=TickClock(), record_function=False)
+    with t.stage("rpn"):
+        with t.stage("rpn.nms"):
+            pass
+    assert t.ms() == {"rpn.nms": 1000.0, "rpn": 3000.0}
+
+
+def test_profiled_path_returns_same_detections(mask_rcnn, image, stock_dets):
+    from mmdet_speedup import identical
+
+    pipe = StagedPipeline(mask_rcnn, STOCK, "cpu")
+    plain = pipe(image)
+    timed = pipe(image, StageTimer("cpu"))
+    assert identical(plain, stock_dets), "staged stock path differs from model.test_step"
+    assert identical(timed, stock_dets), "profiling changed the result"
+    assert len(stock_dets) >= 50 and plain.counts["rpn_nms_in"] > 0 and plain.counts["bbox_nms_in"] > 0
+
+
+def test_stage_accounting_with_injected_clock(mask_rcnn, image, tmp_path):
+    samples = prepare_inputs([image], "640x480")
+    rec = Recorder(tmp_path / "rows.csv", notebook="test")
+    prof = Profiler(mask_rcnn, device="cpu", recorder=rec, repeats=2, warmup=0, clock=TickClock())
+    df = prof.run({"stock": STOCK}, samples)
+    one = df[df["repeat"] == 0].set_index("stage")["ms"]
+    top = [s for s in S.STAGES if s in one.index]
+    assert top == list(S.STAGES)  # FPN: every stage present, in order
+    # each top-level stage is two clock reads apart unless it holds a nested stage (two reads more)
+    assert one["rpn"] == one["rpn.nms"] + 2000 and one["roi_bbox"] == one["roi_bbox.nms"] + 2000
+    # total is its own pair of reads around everything: parts + one tick per gap between them
+    assert one["total"] == one[top].sum() + 1000 * (len(top) + 1)
+    gap = stage_gap(df)
+    assert gap.loc["stock", "sum_of_stages"] == pytest.approx(one[top].sum())
+    with open(tmp_path / "rows.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(df) and set(rows[0]) == set(COLUMNS)
+    assert {r["stage"] for r in rows} == set(top) | {"total", "rpn.nms", "roi_bbox.nms"}
+    assert rows[0]["input_size"] == "640x480" and rows[0]["scale"] == "480x320"
+
+
+def test_c4_has_no_neck_row(image):
+    from mmdet_speedup import Workload, build_detector
+
+    m = build_detector("faster-rcnn_r50-caffe_c4-1x_coco", device="cpu",
+                       workload=Workload(scale=(320, 224), dets_per_image=20, rpn_pre_nms=600, rpn_proposals=100))
+    df = Profiler(m, device="cpu", repeats=1, warmup=0).run({"c4": STOCK}, prepare_inputs([image]))
+    assert "neck" not in set(df["stage"]) and "backbone" in set(df["stage"])
+    assert "roi_mask" not in set(df["stage"])
+
+
+def test_failed_variant_becomes_error_row_and_sweep_goes_on(mask_rcnn, image, tmp_path):
+    rec = Recorder(tmp_path / "rows.csv", notebook="test")
+    prof = Profiler(mask_rcnn, device="cpu", recorder=rec, repeats=1, warmup=0)
+    bad = Choices(precision="bf16-weights")
+    prof.pipeline = lambda c, _orig=prof.pipeline: (_ for _ in ()).throw(RuntimeError("boom")) if c is bad else _orig(c)
+    df = prof.run({"bad": bad, "stock": STOCK}, prepare_inputs([image], "320x240"))
+    err = df[df["status"] == "error"]
+    assert list(err["variant"]) == ["bad"] and "boom" in err["message"].iloc[0]
+    assert (df[df["variant"] == "stock"]["status"] == "ok").all()
+    written = pd.read_csv(tmp_path / "rows.csv")
+    assert set(written["variant"]) == {"bad", "stock"} and (written["status"] == "error").sum() == 1
+
+
+def test_stage_table_is_per_image():
+    rows = []
+    for img in ("a", "b"):
+        for rep in (0, 1):
+            rows += [dict(variant="v", stage="backbone", repeat=rep, ms=10.0, image=img, status="ok"),
+                     dict(variant="v", stage="total", repeat=rep, ms=12.0, image=img, status="ok")]
+    t = stage_table(pd.DataFrame(rows))
+    assert t.loc["v", "backbone"] == 10.0 and t.loc["v", "total"] == 12.0
