@@ -7,7 +7,7 @@ STAMP := .venv/.setup-stamp
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 unexport MPLBACKEND
 
-.PHONY: setup book study html test test-fast clean-results
+.PHONY: setup book study nbval-refs html test test-fast
 
 # Set-up is keyed on the files that define it: a second run costs seconds.
 $(STAMP): requirements.txt pyproject.toml scripts/build_mmcv.sh scripts/setup.sh
@@ -17,7 +17,11 @@ $(STAMP): requirements.txt pyproject.toml scripts/build_mmcv.sh scripts/setup.sh
 setup: $(STAMP)
 
 study: setup
-	bash scripts/run_study.sh
+	bash scripts/run_study.sh study
+
+# CI-size reference copies for nbval (tests/nbval/); rows go to a temp folder.
+nbval-refs: setup
+	bash scripts/run_study.sh ci
 
 html: setup
 	bash scripts/vendor_mathjax.sh

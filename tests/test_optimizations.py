@@ -153,6 +153,22 @@ def test_bf16_weights_and_fold_bn_run_and_agree_softly(mask_rcnn, image):
     assert relative_error(ref, test) < 0.1
 
 
+def test_torchvision_roi_align_is_bit_identical(mask_rcnn, image, stock_dets):
+    dets = StagedPipeline(__import__("copy").deepcopy(mask_rcnn), Choices(roi_align="torchvision"), "cpu")(image)
+    assert identical(stock_dets, dets)
+    with pytest.raises(ValueError, match="unknown roi_align"):
+        Choices(roi_align="fast")
+
+
+@pytest.mark.parametrize("roi_align", ["mmcv", "torchvision"])
+def test_channels_last_alone_is_equivalent(mask_rcnn, image, stock_dets, roi_align):
+    """fp32 + channels_last must not change results (mmcv's RoIAlign misreads channels_last memory)."""
+    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", channels_last=True,
+                 roi_align=roi_align, device="cpu")
+    a = compare(stock_dets, p(image))
+    assert a.passes(box_iou=0.99), a
+
+
 def test_fold_bn_alone_is_equivalent(mask_rcnn, image, stock_dets):
     p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", fold_bn=True, device="cpu")
     a = compare(stock_dets, p(image))

@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--masks", default="full", help="full,legacy,box,raw")
     q.add_argument("--channels-last", action="store_true")
     q.add_argument("--fold-bn", action="store_true")
+    q.add_argument("--roi-align", default="mmcv", help="mmcv,torchvision")
     q.add_argument("--rle", action="store_true", help="also time a consumer that RLE-encodes every mask")
     q.add_argument("--out", default=None, help="append tidy rows to this CSV")
     return p
@@ -55,8 +56,9 @@ def profile(args) -> int:
     for im in images:
         if not Path(im).is_file():
             raise FileNotFoundError(f"image not found: {im}")
-    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m)
-               for pp, pr, m in itertools.product(_list(args.preprocess), _list(args.precision), _list(args.masks))]
+    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra)
+               for pp, pr, m, ra in itertools.product(_list(args.preprocess), _list(args.precision), _list(args.masks),
+                                                      _list(args.roi_align))]
     recorder = Recorder(args.out, notebook="cli", params=vars(args)) if args.out else None
     frames = []
     for scale, dets, pre in itertools.product(_list(args.scale, parse_size), _list(args.dets, int),

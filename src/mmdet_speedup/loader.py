@@ -110,3 +110,18 @@ def throughput(fn: Callable[[], list], n_images: int, device: torch.device) -> f
     fn()
     synchronize(device)
     return n_images / (time.perf_counter() - t0)
+
+
+def compare_loading(pipe: StagedPipeline, sources: Sequence[ImageLike], *, passes: int = 2, depth: int = 4,
+                    workers: int = 1) -> list[dict]:
+    """Serial versus overlapped passes over ``sources`` (after one warm-up pass each), alternating."""
+    run_serial(pipe, sources[:2])
+    run_overlapped(pipe, sources[:2], depth=depth, workers=workers)
+    rows = []
+    for rep in range(passes):
+        for name, fn in (("serial", lambda: run_serial(pipe, sources)),
+                         ("overlapped", lambda: run_overlapped(pipe, sources, depth=depth, workers=workers))):
+            ips = throughput(fn, len(sources), pipe.device)
+            rows.append({"variant": name, "repeat": rep, "images_per_s": ips, "ms": 1e3 / ips,
+                         "stage": "total", "status": "ok"})
+    return rows

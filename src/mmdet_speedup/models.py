@@ -187,6 +187,19 @@ def condition(model, c: Conditioning) -> None:
         logits.bias.mul_(c.mask_logit_std / mstd)
 
 
+def set_workload(model, *, dets_per_image: int | None = None, rpn_pre_nms: int | None = None,
+                 rpn_proposals: int | None = None) -> None:
+    """Change the test-time knobs of a built model in place (the heads read their ``test_cfg`` at run time)."""
+    rpn, rcnn = model.rpn_head.test_cfg, model.roi_head.test_cfg
+    cfg = model.cfg.model.test_cfg
+    for value, live, rec, key in ((dets_per_image, rcnn, cfg.rcnn, "max_per_img"),
+                                  (rpn_pre_nms, rpn, cfg.rpn, "nms_pre"),
+                                  (rpn_proposals, rpn, cfg.rpn, "max_per_img")):
+        if value is not None:
+            live[key] = int(value)
+            rec[key] = int(value)
+
+
 def describe_model(model) -> dict[str, Any]:
     return {"config": getattr(model, "mmdet_speedup_config", type(model).__name__),
             "with_neck": bool(model.with_neck), "with_mask": bool(getattr(model.roi_head, "with_mask", False))}

@@ -91,12 +91,14 @@ class Predictor:
 
 
 def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks: str | None = None,
-             channels_last: bool | None = None, fold_bn: bool = False, device: str = "auto") -> Predictor:
+             channels_last: bool | None = None, fold_bn: bool = False, roi_align: str = "auto",
+             device: str = "auto") -> Predictor:
     """Bind the optimizations to a stock mmdet 3.x two-stage detector in one call.
 
     ``precision="auto"`` picks fp16 on CUDA, bf16 on a CPU with bf16 matrix instructions, fp32 otherwise;
     ``channels_last`` defaults to on with reduced precision; ``masks`` to ``raw`` where the model has a mask
-    head. The stock model is left untouched.
+    head; ``roi_align`` to torchvision's kernel on the CPU (faster there, same output). The stock model is
+    left untouched.
     """
     check_two_stage(model)
     dev = resolve_device(device)
@@ -106,4 +108,6 @@ def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks:
         channels_last = precision != "fp32"
     if masks is None:
         masks = "raw" if getattr(model.roi_head, "with_mask", False) else "full"
-    return Predictor(model, Choices(preprocess, precision, bool(channels_last), bool(fold_bn), masks), dev)
+    if roi_align == "auto":
+        roi_align = "mmcv" if dev.type == "cuda" else "torchvision"
+    return Predictor(model, Choices(preprocess, precision, bool(channels_last), bool(fold_bn), masks, roi_align), dev)

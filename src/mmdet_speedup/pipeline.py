@@ -21,6 +21,7 @@ from . import stages as S
 from .masks import MASK_VARIANTS, full_masks, postprocess
 from .models import check_two_stage
 from .precision import PRECISIONS, Precision, apply, to_float
+from .roi_align import ROI_ALIGN_IMPLS, swap_roi_align
 from .preprocess import PREPROCESS_VARIANTS, make_preprocessor
 from .timing import NullTimer, StageTimer, resolve_device
 
@@ -40,6 +41,7 @@ class Choices:
     channels_last: bool = False
     fold_bn: bool = False
     masks: str = "full"
+    roi_align: str = "mmcv"
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_VARIANTS:
@@ -48,6 +50,8 @@ class Choices:
             raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.masks not in MASK_VARIANTS:
             raise ValueError(f"unknown masks {self.masks!r}; choose from {', '.join(MASK_VARIANTS)}")
+        if self.roi_align not in ROI_ALIGN_IMPLS:
+            raise ValueError(f"unknown roi_align {self.roi_align!r}; choose from {', '.join(ROI_ALIGN_IMPLS)}")
 
     def label(self) -> str:
         parts = [self.preprocess, self.precision]
@@ -55,11 +59,13 @@ class Choices:
             parts.append("cl")
         if self.fold_bn:
             parts.append("foldbn")
+        if self.roi_align != "mmcv":
+            parts.append(f"roi-{self.roi_align}")
         parts.append(self.masks)
         return "/".join(parts)
 
     def changes_model(self) -> bool:
-        return self.precision != "fp32" or self.channels_last or self.fold_bn
+        return self.precision != "fp32" or self.channels_last or self.fold_bn or self.roi_align != "mmcv"
 
     def replace(self, **kw) -> "Choices":
         return replace(self, **kw)
@@ -84,6 +90,14 @@ class Detections:
 
     def mask_array(self) -> Tensor | None:
         return full_masks(self.masks)
+
+
+def clone_instances(results):
+    """A real copy of an InstanceData (its ``clone`` shares tensors, and mmdet's paste rescales boxes in place)."""
+    out = results.__class__(metainfo=dict(results.metainfo_items()))
+    for k, v in results.items():
+        out[k] = v.clone() if isinstance(v, Tensor) else v
+    return out
 
 
 def load_image(src: ImageLike) -> np.ndarray:
@@ -156,8 +170,10 @@ class StagedPipeline:
         self.device = resolve_device(device)
         self.precision = Precision(choices.precision, self.device)
         apply(model, self.precision, channels_last=choices.channels_last, fold_bn=choices.fold_bn)
+        swap_roi_align(model.roi_head, choices.roi_align)
         self.pre = make_preprocessor(choices.preprocess, model, self.device)
         self.with_mask = bool(getattr(model.roi_head, "with_mask", False))
+        self._capture: list | None = None
         if not self.with_mask and choices.masks != "full":
             raise ValueError(f"masks={choices.masks!r} needs a model with a mask head "
                              f"({type(model).__name__} has none)")
@@ -198,13 +214,16 @@ class StagedPipeline:
             with prec.autocast():
                 outs = m.rpn_head(x)
             proposals = m.rpn_head.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
-        x = to_float(x)  # mmcv's RoIAlign wants fp32 features
+        # mmcv's RoIAlign wants fp32 NCHW-contiguous features: it reads channels_last memory as NCHW
+        x = tuple(t.float().contiguous() if c.roi_align == "mmcv" else t.float() for t in x)
         with timer.stage(S.ROI_BBOX):
             results = self._predict_bbox(x, metas, proposals)[0]
         masks = None
         if self.with_mask:
             with timer.stage(S.ROI_MASK):
                 mask_preds = self._mask_forward(x, results)
+            if self._capture is not None:
+                self._capture.append((mask_preds, clone_instances(results), metas[0]))
             with timer.stage(S.MASK_POSTPROCESS):
                 results, masks = postprocess(c.masks, m.roi_head, mask_preds, results, metas[0])
                 if self.device.type != "cpu":
@@ -212,6 +231,15 @@ class StagedPipeline:
         counts["dets_out"] = len(results)
         return Detections(results.bboxes.cpu(), results.scores.cpu(), results.labels.cpu(), masks,
                           tuple(metas[0]["ori_shape"][:2]), counts)
+
+    def mask_inputs(self, image: ImageLike) -> tuple[Tensor, Any, dict]:
+        """What ``mask_postprocess`` receives for this image (mask logits, results, metainfo): to time it alone."""
+        self._capture = []
+        try:
+            self(image)
+            return self._capture[0]
+        finally:
+            self._capture = None
 
     def _predict_bbox(self, x, metas, proposals):
         """``StandardRoIHead.predict_bbox`` with the head forward under autocast and the rest in fp32."""

@@ -208,3 +208,17 @@ def make_preprocessor(name: str, model, device) -> Preprocessor:
     if name not in _VARIANTS:
         raise ValueError(f"unknown preprocess variant {name!r}; choose from {', '.join(PREPROCESS_VARIANTS)}")
     return _VARIANTS[name](model, device)
+
+
+def compare_inputs(model, img: np.ndarray, variant: str, device="cpu") -> dict:
+    """How far a variant's model input is from ``stock``'s, in grey levels (one level = 1/std after normalize)."""
+    ref, ref_s = make_preprocessor("stock", model, device)(img)
+    x, s = make_preprocessor(variant, model, device)(img)
+    same_meta = all(tuple(s[0].metainfo[k]) == tuple(ref_s[0].metainfo[k])
+                    for k in ("ori_shape", "img_shape", "scale_factor", "pad_shape"))
+    h, w = ref_s[0].metainfo["img_shape"]
+    std = model.data_preprocessor.std.to(x.device)
+    d = ((x - ref)[..., :h, :w] * std).abs()  # back to pixel units
+    return {"variant": variant, "same_shape": tuple(x.shape) == tuple(ref.shape), "same_meta": same_meta,
+            "max_levels": float(d.max()), "mean_levels": float(d.mean()),
+            "frac_changed": float((d > 0.5).float().mean())}

@@ -15,7 +15,7 @@ import torch
 from . import stages as S
 from .masks import masks_nbytes, rle_encode
 from .models import clone, fmt_size, parse_size
-from .pipeline import STOCK, Choices, ImageLike, StagedPipeline, load_image
+from .pipeline import STOCK, Choices, Detections, ImageLike, StagedPipeline, clone_instances, load_image
 from .records import Recorder
 from .timing import PeakMemory, StageTimer, resolve_device, summarize
 
@@ -112,10 +112,10 @@ class Profiler:
             rows += self.run_variant(label, choices, samples, extra)
         return pd.DataFrame(rows)
 
-    def _base(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
+    def base_row(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
                 "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
-                "fold_bn": choices.fold_bn, "device": str(self.device), "dtype": _dtype_name(choices),
+                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "device": str(self.device), "dtype": _dtype_name(choices),
                 "threads": torch.get_num_threads(), "input_size": fmt_size(sample.size) if sample else "",
                 "image": sample.name if sample else "", **(extra or {})}
 
@@ -136,11 +136,7 @@ class Profiler:
                         self._emit(rows_mem)
                         out += rows_mem
         except Exception as e:  # a failed variant becomes an error row; the sweep goes on
-            msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
-            row = dict(self._base(label, choices, sample, extra), stage=S.TOTAL, repeat=-1, ms=float("nan"),
-                       status="error", message=msg)
-            self._emit([row])
-            out.append(row)
+            out.append(self._error(label, choices, sample, extra, e))
             if self.progress:
                 traceback.print_exc()
         return out
@@ -152,10 +148,79 @@ class Profiler:
         if self.consumer and dets.masks is not None:
             with timer.stage(S.CONSUMER_RLE):
                 rle_consumer(dets)
-        base = dict(self._base(label, choices, sample, extra), repeat=rep, status="ok",
+        base = dict(self.base_row(label, choices, sample, extra), repeat=rep, status="ok",
                     rpn_nms_in=dets.counts.get("rpn_nms_in"), bbox_nms_in=dets.counts.get("bbox_nms_in"),
                     dets_out=dets.counts.get("dets_out"), mask_bytes=masks_nbytes(dets.masks))
         return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
+
+    def run_preprocess(self, variants: Mapping[str, Choices], samples: Sequence[Sample],
+                       extra: Mapping | None = None) -> pd.DataFrame:
+        """Only the host side and the device step: wall and process-CPU ms per stage, and bytes copied."""
+        from .preprocess import make_preprocessor
+
+        out = []
+        for label, choices in variants.items():
+            try:
+                pre = make_preprocessor(choices.preprocess, self.model, self.device)
+                for sample in samples:
+                    for rep in range(-self.warmup, self.repeats):
+                        wall = StageTimer(self.device, clock=self.clock)
+                        cpu = StageTimer(self.device, clock=time.process_time, record_function=False)
+                        with wall.stage(S.TOTAL), cpu.stage(S.TOTAL):
+                            with wall.stage(S.LOAD), cpu.stage(S.LOAD):
+                                img = load_image(sample.data)
+                            with wall.stage(S.PREPROCESS), cpu.stage(S.PREPROCESS):
+                                hb = pre.host(img)
+                            with wall.stage(S.DATA_PREPROCESSOR), cpu.stage(S.DATA_PREPROCESSOR):
+                                pre.to_device(hb)
+                        if rep < 0:
+                            continue
+                        base = dict(self.base_row(label, choices, sample, extra), repeat=rep, status="ok",
+                                    bytes_copied=hb.bytes_copied, chosen=hb.variant or choices.preprocess)
+                        rows = [dict(base, stage=k, ms=v, cpu_ms=cpu.times[k]) for k, v in wall.ms().items()]
+                        self._emit(rows)
+                        out += rows
+            except Exception as e:
+                out.append(self._error(label, choices, None, extra, e))
+        return pd.DataFrame(out)
+
+    def run_masks(self, variants: Mapping[str, str], samples: Sequence[Sample], choices: Choices = STOCK,
+                  extra: Mapping | None = None) -> pd.DataFrame:
+        """Only ``mask_postprocess`` (and the RLE consumer), per mask variant, on the same captured inputs."""
+        from .masks import postprocess
+
+        out = []
+        pipe = self.pipeline(choices)
+        for sample in samples:
+            mask_preds, results, meta = pipe.mask_inputs(sample.data)
+            for label, variant in variants.items():
+                c = choices.replace(masks=variant)
+                try:
+                    for rep in range(-self.warmup, self.repeats):
+                        timer = StageTimer(self.device, clock=self.clock)
+                        res = clone_instances(results)
+                        with timer.stage(S.MASK_POSTPROCESS):
+                            res, masks = postprocess(variant, pipe.model.roi_head, mask_preds, res, meta)
+                        dets = Detections(res.bboxes, res.scores, res.labels, masks, meta["ori_shape"][:2])
+                        with timer.stage(S.CONSUMER_RLE):
+                            rle_consumer(dets)
+                        if rep < 0:
+                            continue
+                        base = dict(self.base_row(label, c, sample, extra), repeat=rep, status="ok",
+                                    dets_out=len(res), mask_bytes=masks_nbytes(masks))
+                        rows = [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
+                        self._emit(rows)
+                        out += rows
+                except Exception as e:
+                    out.append(self._error(label, c, sample, extra, e))
+        return pd.DataFrame(out)
+
+    def _error(self, label, choices, sample, extra, e: Exception) -> dict:
+        msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
+        row = dict(self.base_row(label, choices, sample, extra), stage=S.TOTAL, repeat=-1, ms=float("nan"),
+                   status="error", message=msg)
+        self._emit([row])
+        return row
 
     def _emit(self, rows: list[dict]) -> None:
         self.rows += rows
