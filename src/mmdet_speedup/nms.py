@@ -36,7 +36,7 @@ NmsFn = Callable[[Tensor, Tensor, Tensor, float], Tensor]
 
 NMS_COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "device", "implementation", "box_set", "n",
-    "num_classes", "iou_threshold", "repeat", "ms", "kept", "status", "message",
+    "num_classes", "iou_threshold", "repeat", "ms", "kept", "status", "message", "threads",
 )
 
 
@@ -245,7 +245,8 @@ def sweep(ns: Iterable[int], implementations: Iterable[str] | Mapping[str, NmsFn
         {name: IMPLEMENTATIONS[name] for name in implementations}
     iou_thresholds, ns = list(iou_thresholds), list(ns)
     base = {"run_id": run_id or new_run_id("nms-"), "git_sha": git_sha(),
-            "benchmark_version": BENCHMARK_VERSION, "device": str(dev), "num_classes": num_classes}
+            "benchmark_version": BENCHMARK_VERSION, "device": str(dev), "num_classes": num_classes,
+            "threads": torch.get_num_threads()}
     rows: list[dict] = []
     for box_set in box_sets:
         for n in ns:

@@ -75,6 +75,14 @@ class Predictor:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def coco_report(self, ann_file, img_dir, max_images: int | None = None) -> pd.DataFrame:
+        """Box and mask AP of the stock model and of this predictor (needs a real checkpoint to mean anything)."""
+        from .coco import evaluate
+
+        rows = [{"variant": "stock", **evaluate(self, ann_file, img_dir, max_images, stock=True)},
+                {"variant": self.choices.label(), **evaluate(self, ann_file, img_dir, max_images)}]
+        return pd.DataFrame(rows)
+
     def _prob_diff(self, img, ref: Detections, test: Detections) -> float:
         """Max mask-probability difference over matched pairs (soft: before the 0.5 threshold)."""
         from .equivalence import match

@@ -162,6 +162,10 @@ class DevicePreprocessor(Preprocessor):
         return x.contiguous(), _samples(meta)
 
 
+#: auto's measured winners, per (device, Resize target, input shape): measured once per process.
+_AUTO_CHOICE: dict[tuple, str] = {}
+
+
 class AutoPreprocessor(Preprocessor):
     """Picks the fastest variant for this device: ``device`` on CUDA; elsewhere measured per input shape."""
 
@@ -172,13 +176,12 @@ class AutoPreprocessor(Preprocessor):
         self.candidates = {c.name: c(model, device) for c in (LegacyPreprocessor, StockPreprocessor,
                                                                DevicePreprocessor)}
         self.trials = trials
-        self.choice: dict[tuple, str] = {}
 
     def pick(self, img: np.ndarray) -> Preprocessor:
         if self.device.type == "cuda":
             return self.candidates["device"]
-        key = img.shape
-        if key not in self.choice:
+        key = (str(self.device), self.scale, img.shape)
+        if key not in _AUTO_CHOICE:
             best = {}
             for name, p in self.candidates.items():
                 p(img)
@@ -188,8 +191,8 @@ class AutoPreprocessor(Preprocessor):
                     p(img)
                     t.append(time.perf_counter() - t0)
                 best[name] = float(np.median(t))
-            self.choice[key] = min(best, key=best.get)
-        return self.candidates[self.choice[key]]
+            _AUTO_CHOICE[key] = min(best, key=best.get)
+        return self.candidates[_AUTO_CHOICE[key]]
 
     def host(self, img: np.ndarray) -> HostBatch:
         p = self.pick(img)
