@@ -95,17 +95,19 @@ book.show_table(summary, 2)
 print("auto picked:", chosen.to_dict())
 
 # %%
-wide = summary["pre_ms"].unstack("variant")
+CASES = [f"{s} > {scale}" for s in input_sizes] + ([f"{seed_case} > {seed_case}"] if seed_case else [])
+wide = summary["pre_ms"].unstack("variant").reindex(CASES)
 order = [c for c in ["legacy", "stock", "device", "auto"] if c in wide.columns]
 wide = wide[order]
 mpix = {c: eval(c.split(" > ")[0].replace("x", "*")) / 1e6 for c in wide.index}
+usual = CASES[:len(input_sizes)]  # resized to the model's scale; the seed's case is in the table
 fig, ax = plt.subplots(figsize=(7, 4))
 for v in order:
-    ax.plot([mpix[c] for c in wide.index], wide[v], marker="o", label=v)
+    ax.plot([mpix[c] for c in usual], wide.loc[usual, v], marker="o", label=v)
 ax.set_xscale("log"); ax.set_yscale("log")
 ax.set_xlabel("input megapixels (the decoded photo)"); ax.set_ylabel("preprocess + data_preprocessor, ms (median)")
 ax.set_title(f"Pre-processing cost on {dev.type}"); ax.grid(alpha=0.3, which="both"); ax.legend()
-for c in wide.index:
+for c in usual:
     ax.annotate(c, (mpix[c], wide.loc[c].max()), fontsize=7, textcoords="offset points", xytext=(0, 6), ha="center")
 plt.show()
 
@@ -123,7 +125,7 @@ book.show_table(diffs, 3)
 
 # %%
 fastest = wide.idxmin(axis=1)
-big = wide.index[-1]
+big = usual[-1]
 book.glue("pre_big_case", big)
 book.glue("pre_fastest_big", fastest[big])
 book.glue("pre_legacy_over_stock_big", float(wide.loc[big, "legacy"] / wide.loc[big, "stock"]))
@@ -157,3 +159,10 @@ _ = book.glue("pre_seed_ratio_4k", float(seed_pre.loc["3840x2304", "seed speed-u
 #   With random weights that is enough to move some mask boundaries (see the ladder's agreement columns);
 #   agreement between random-weight models is not mAP.
 # - Decoding (`load`) is the part no variant touches; at 3840x2304 it is the larger cost (table above).
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

@@ -147,3 +147,10 @@ _ = book.glue("prec_seed_backbone", float(s.loc["1333x800", "seed backbone speed
 #   ways, box IoU {glue:text}`prec_best_box_iou:.4f`, backbone feature relative error
 #   {glue:text}`prec_best_feat_err:.4f`. That is agreement with random weights, not mAP: give a real
 #   checkpoint and COCO annotations to get AP.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

@@ -152,3 +152,10 @@ _ = book.glue("mask_seed_4k", float(s.loc["3840x2304", "seed speed-up (published
 #   than `full` + RLE, because it never materialises N full-size masks. Ask what your consumer needs: boxes
 #   and scores only (tracking, counting) never pay the paste at all.
 # - Full-image paste scales with image area x detections; box-local paste with box area; raw with neither.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

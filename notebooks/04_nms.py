@@ -217,3 +217,10 @@ _ = book.glue("dz_mask_c4_over_fpn", float(e2e.loc[("Mask", "R-50-C4")] / e2e.lo
 # - Detectron's published model zoo (end-to-end, 1x, its GPU) has C4 at {glue:text}`dz_faster_c4_over_fpn:.2f`x
 #   FPN's inference time for Faster R-CNN and {glue:text}`dz_mask_c4_over_fpn:.2f`x for Mask R-CNN: the same
 #   direction as here.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

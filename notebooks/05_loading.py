@@ -118,3 +118,10 @@ _ = book.glue("load_speedup_large", float(summary.loc[large, "speed-up"]))
 # - On a two-core CPU the reader's thread competes with the model's own threads, so the bound assumes a core
 #   that is not there. On a GPU the model runs on the device while the host decodes: the seed article's
 #   46 -> 35 ms (V100, published) is that case. Re-run this chapter with `-p device cuda` to see it.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

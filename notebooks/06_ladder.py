@@ -132,6 +132,19 @@ for case in cases:
     print(f"case {case} (input > model scale)")
     book.show_table(t, 2)
 
+# %% [markdown]
+# Do the stages account for the time? The sum of the top-level stage medians against the independently timed
+# `total` (the gap is timer overhead and Python glue between stages):
+
+# %%
+gaps = pd.concat({case: ms.stage_gap(rows[rows["case"] == case]).reindex(ROWS) for case in cases}, names=["case", "row"])
+book.show_table(gaps, 1)
+spread = pd.concat({case: ms.stage_summary(rows[(rows["case"] == case) & (rows["stage"] == S.TOTAL)])
+                     .set_index("variant").reindex(ROWS)[["median", "p10", "p90", "n"]] for case in cases},
+                   names=["case", "row"])
+print("total per image: median, p10, p90 over repeats, and n")
+book.show_table(spread, 1)
+
 # %%
 fig, axes = plt.subplots(len(cases), 1, figsize=(10, 3.6 * len(cases)), squeeze=False)
 for ax, case in zip(axes[:, 0], cases):
@@ -216,3 +229,10 @@ _ = book.glue("lad_seed_total", float(seed[(seed["scale"] == "1333x800") & (seed
 #   name says buys {glue:text}`lad_fewer0:.2f`x in total but changes results (only
 #   {glue:text}`lad_fewer_matched0:.2f` of `stock`'s detections survive with these weights): a recall
 #   trade-off to be measured with a real checkpoint, not a free lunch.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+book.environment_table(rec.run_id)

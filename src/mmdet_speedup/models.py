@@ -141,8 +141,11 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
     if conditioning is not None and checkpoint is None:
         torch.manual_seed(conditioning.seed)
         np.random.seed(conditioning.seed)
+    import contextlib
+    import io
     import warnings
-    with warnings.catch_warnings():
+    # init_detector warns "use COCO classes by default" without a checkpoint; mmengine re-enables warnings
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         model = init_detector(cfg, checkpoint=checkpoint, device=str(dev))
     check_two_stage(model)
