@@ -30,6 +30,7 @@ html: setup
 book: study html
 
 test: setup html
+	bash scripts/install_chromium.sh
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	bash scripts/nbval.sh
 

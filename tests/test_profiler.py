@@ -102,3 +102,17 @@ def test_stage_table_is_per_image():
                      dict(variant="v", stage="total", repeat=rep, ms=12.0, image=img, status="ok")]
     t = stage_table(pd.DataFrame(rows))
     assert t.loc["v", "backbone"] == 10.0 and t.loc["v", "total"] == 12.0
+
+
+def test_peak_memory_sees_an_allocation_and_resets():
+    from mmdet_speedup.timing import PeakMemory
+
+    with PeakMemory("cpu") as big:
+        buf = bytearray(64 * 2**20)
+        buf[::4096] = b"x" * len(buf[::4096])  # touch every page
+        del buf
+    with PeakMemory("cpu") as small:
+        pass
+    if not big.reset:
+        pytest.skip("/proc/self/clear_refs refused: the high-water mark cannot be reset here")
+    assert big.peak_mb >= 60 and small.peak_mb < 20

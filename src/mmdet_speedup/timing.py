@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -107,49 +105,50 @@ def benchmark(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5,
 
 
 class PeakMemory:
-    """Peak memory of a block in MB: CUDA max-allocated on a GPU, sampled RSS (less the start) on the CPU.
+    """Peak memory of a block in MB: CUDA max-allocated on a GPU; on the CPU the resident high-water mark
+    (VmHWM) less the RSS at the start.
 
-    The CPU's VmHWM never goes down within a process, so RSS is sampled in a thread instead.
+    VmHWM never goes down within a process, so it is reset on entry through ``/proc/self/clear_refs``.
+    No sampling thread: on a two-core machine a thread waking every few milliseconds stalls every
+    two-thread parallel region of the model it is measuring. Where the reset is refused, the figure is the
+    process's high-water mark so far, and ``reset`` says so.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
-        self.interval = interval
         self.peak_mb = float("nan")
-        self._stop = threading.Event()
+        self.reset = False
+        self._base = 0.0
 
     @staticmethod
-    def rss_mb() -> float:
+    def _status_mb(key: str) -> float:
         try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) / 1024
         except OSError:
-            return float("nan")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._max = max(self._max, self.rss_mb())
+            pass
+        return float("nan")
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._base = self._max = self.rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            return self
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset = True
+        except OSError:
+            self.reset = False
+        self._base = self._status_mb("VmRSS")
         return self
 
     def current_mb(self) -> float:
         """The peak so far (the profiler writes rows while the block is still open)."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return max(self._max, self.rss_mb()) - self._base
+        return self._status_mb("VmHWM") - self._base
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self._max = max(self._max, self.rss_mb())
-            self.peak_mb = self._max - self._base
+        self.peak_mb = self.current_mb()
