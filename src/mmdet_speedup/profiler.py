@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -99,47 +98,57 @@ class Profiler:
 
     def run(self, variants: Mapping[str, Choices] | Iterable[Choices], samples: Sequence[Sample],
             extra: Mapping | None = None) -> pd.DataFrame:
+        """Profile every variant on every sample, ``repeats`` times, interleaved.
+
+        Each repeat runs every variant once, in turn: on a shared or throttling machine, drift then
+        lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair.
+        """
         if not isinstance(variants, Mapping):
             variants = {c.label(): c for c in variants}
         if self.threads:
             torch.set_num_threads(int(self.threads))
-        rows: list[dict] = []
-        it = variants.items()
+        out: list[dict] = []
+        pipes: dict[str, StagedPipeline] = {}
+        for label, choices in variants.items():
+            try:
+                pipes[label] = self.pipeline(choices)
+                for sample in samples:
+                    for _ in range(self.warmup):
+                        pipes[label](sample.data)
+            except Exception as e:  # a failed variant becomes an error row; the sweep goes on
+                pipes.pop(label, None)
+                out.append(self._error(label, choices, None, extra, e))
+        steps = [(rep, label) for rep in range(self.repeats) for label in list(pipes)]
         if self.progress:
             from tqdm.auto import tqdm
-            it = tqdm(list(it), desc="variants")
-        for label, choices in it:
-            rows += self.run_variant(label, choices, samples, extra)
-        return pd.DataFrame(rows)
+            steps = tqdm(steps, desc="runs")
+        for rep, label in steps:
+            if label not in pipes:
+                continue
+            choices, sample = variants[label], None
+            try:
+                for sample in samples:
+                    with PeakMemory(self.device) as mem:
+                        rows = self._one(pipes[label], label, choices, sample, rep, extra)
+                    rows = [dict(r, peak_mem_mb=mem.peak_mb) for r in rows]
+                    self._emit(rows)
+                    out += rows
+            except Exception as e:
+                del pipes[label]
+                out.append(self._error(label, choices, sample, extra, e))
+        return pd.DataFrame(out)
+
+    def run_variant(self, label: str, choices: Choices, samples: Sequence[Sample],
+                    extra: Mapping | None = None) -> list[dict]:
+        return self.run({label: choices}, samples, extra).to_dict("records")
 
     def base_row(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
                 "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
-                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "device": str(self.device), "dtype": _dtype_name(choices),
-                "threads": torch.get_num_threads(), "input_size": fmt_size(sample.size) if sample else "",
-                "image": sample.name if sample else "", **(extra or {})}
-
-    def run_variant(self, label: str, choices: Choices, samples: Sequence[Sample],
-                    extra: Mapping | None = None) -> list[dict]:
-        out: list[dict] = []
-        sample = None
-        try:
-            pipe = self.pipeline(choices)
-            with PeakMemory(self.device) as mem:
-                for sample in samples:
-                    for _ in range(self.warmup):
-                        pipe(sample.data)
-                for rep in range(self.repeats):
-                    for sample in samples:
-                        rows = self._one(pipe, label, choices, sample, rep, extra)
-                        rows_mem = [dict(r, peak_mem_mb=mem.current_mb()) for r in rows]
-                        self._emit(rows_mem)
-                        out += rows_mem
-        except Exception as e:  # a failed variant becomes an error row; the sweep goes on
-            out.append(self._error(label, choices, sample, extra, e))
-            if self.progress:
-                traceback.print_exc()
-        return out
+                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "device": str(self.device),
+                "dtype": _dtype_name(choices), "threads": torch.get_num_threads(),
+                "input_size": fmt_size(sample.size) if sample else "", "image": sample.name if sample else "",
+                **(extra or {})}
 
     def _one(self, pipe, label, choices, sample, rep, extra) -> list[dict]:
         timer = StageTimer(self.device, clock=self.clock)
@@ -153,67 +162,75 @@ class Profiler:
                     dets_out=dets.counts.get("dets_out"), mask_bytes=masks_nbytes(dets.masks))
         return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
 
+    def _interleaved(self, labels: Sequence[str], samples: Sequence[Sample], one: Callable, on_error: Callable) -> list:
+        """Warm-up passes (dropped), then ``repeats`` passes that each run every label once, in turn."""
+        out: list[dict] = []
+        failed: set[str] = set()
+        for rep in range(-self.warmup, self.repeats):
+            for sample in samples:
+                for label in labels:
+                    if label in failed:
+                        continue
+                    try:
+                        rows = one(label, sample, rep)
+                    except Exception as e:  # an error row; the other labels go on
+                        failed.add(label)
+                        out.append(on_error(label, sample, e))
+                        continue
+                    if rep >= 0:
+                        self._emit(rows)
+                        out += rows
+        return out
+
     def run_preprocess(self, variants: Mapping[str, Choices], samples: Sequence[Sample],
                        extra: Mapping | None = None) -> pd.DataFrame:
         """Only the host side and the device step: wall and process-CPU ms per stage, and bytes copied."""
         from .preprocess import make_preprocessor
 
-        out = []
-        for label, choices in variants.items():
-            try:
-                pre = make_preprocessor(choices.preprocess, self.model, self.device)
-                for sample in samples:
-                    for rep in range(-self.warmup, self.repeats):
-                        wall = StageTimer(self.device, clock=self.clock)
-                        cpu = StageTimer(self.device, clock=time.process_time, record_function=False)
-                        with wall.stage(S.TOTAL), cpu.stage(S.TOTAL):
-                            with wall.stage(S.LOAD), cpu.stage(S.LOAD):
-                                img = load_image(sample.data)
-                            with wall.stage(S.PREPROCESS), cpu.stage(S.PREPROCESS):
-                                hb = pre.host(img)
-                            with wall.stage(S.DATA_PREPROCESSOR), cpu.stage(S.DATA_PREPROCESSOR):
-                                pre.to_device(hb)
-                        if rep < 0:
-                            continue
-                        base = dict(self.base_row(label, choices, sample, extra), repeat=rep, status="ok",
-                                    bytes_copied=hb.bytes_copied, chosen=hb.variant or choices.preprocess)
-                        rows = [dict(base, stage=k, ms=v, cpu_ms=cpu.times[k]) for k, v in wall.ms().items()]
-                        self._emit(rows)
-                        out += rows
-            except Exception as e:
-                out.append(self._error(label, choices, None, extra, e))
-        return pd.DataFrame(out)
+        pres = {label: make_preprocessor(c.preprocess, self.model, self.device) for label, c in variants.items()}
+
+        def one(label, sample, rep):
+            pre = pres[label]
+            wall = StageTimer(self.device, clock=self.clock)
+            cpu = StageTimer(self.device, clock=time.process_time, record_function=False)
+            with wall.stage(S.TOTAL), cpu.stage(S.TOTAL):
+                with wall.stage(S.LOAD), cpu.stage(S.LOAD):
+                    img = load_image(sample.data)
+                with wall.stage(S.PREPROCESS), cpu.stage(S.PREPROCESS):
+                    hb = pre.host(img)
+                with wall.stage(S.DATA_PREPROCESSOR), cpu.stage(S.DATA_PREPROCESSOR):
+                    pre.to_device(hb)
+            base = dict(self.base_row(label, variants[label], sample, extra), repeat=rep, status="ok",
+                        bytes_copied=hb.bytes_copied, chosen=hb.variant or variants[label].preprocess)
+            return [dict(base, stage=k, ms=v, cpu_ms=cpu.times[k]) for k, v in wall.ms().items()]
+
+        return pd.DataFrame(self._interleaved(list(variants), samples, one,
+                                              lambda label, sample, e: self._error(label, variants[label], sample, extra, e)))
 
     def run_masks(self, variants: Mapping[str, str], samples: Sequence[Sample], choices: Choices = STOCK,
                   extra: Mapping | None = None) -> pd.DataFrame:
         """Only ``mask_postprocess`` (and the RLE consumer), per mask variant, on the same captured inputs."""
         from .masks import postprocess
 
-        out = []
         pipe = self.pipeline(choices)
-        for sample in samples:
-            mask_preds, results, meta = pipe.mask_inputs(sample.data)
-            for label, variant in variants.items():
-                c = choices.replace(masks=variant)
-                try:
-                    for rep in range(-self.warmup, self.repeats):
-                        timer = StageTimer(self.device, clock=self.clock)
-                        res = clone_instances(results)
-                        with timer.stage(S.MASK_POSTPROCESS):
-                            res, masks = postprocess(variant, pipe.model.roi_head, mask_preds, res, meta)
-                        dets = Detections(res.bboxes, res.scores, res.labels, masks, meta["ori_shape"][:2])
-                        with timer.stage(S.CONSUMER_RLE):
-                            rle_consumer(dets)
-                        if rep < 0:
-                            continue
-                        base = dict(self.base_row(label, c, sample, extra), repeat=rep, status="ok",
-                                    dets_out=len(res), mask_bytes=masks_nbytes(masks))
-                        rows = [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
-                        self._emit(rows)
-                        out += rows
-                except Exception as e:
-                    out.append(self._error(label, c, sample, extra, e))
-        return pd.DataFrame(out)
+        captured = {id(sample): pipe.mask_inputs(sample.data) for sample in samples}
+
+        def one(label, sample, rep):
+            mask_preds, results, meta = captured[id(sample)]
+            timer = StageTimer(self.device, clock=self.clock)
+            res = clone_instances(results)
+            with timer.stage(S.MASK_POSTPROCESS):
+                res, masks = postprocess(variants[label], pipe.model.roi_head, mask_preds, res, meta)
+            dets = Detections(res.bboxes, res.scores, res.labels, masks, meta["ori_shape"][:2])
+            with timer.stage(S.CONSUMER_RLE):
+                rle_consumer(dets)
+            base = dict(self.base_row(label, choices.replace(masks=variants[label]), sample, extra), repeat=rep,
+                        status="ok", dets_out=len(res), mask_bytes=masks_nbytes(masks))
+            return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
+
+        return pd.DataFrame(self._interleaved(
+            list(variants), samples, one,
+            lambda label, sample, e: self._error(label, choices.replace(masks=variants[label]), sample, extra, e)))
 
     def _error(self, label, choices, sample, extra, e: Exception) -> dict:
         msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
