@@ -148,9 +148,9 @@ _ = book.glue("mask_seed_4k", float(s.loc["3840x2304", "seed speed-up (published
 # - Memory follows the same rule: full masks hold {glue:text}`mask_mem_full_mb:.0f` MB per image here,
 #   box-local ones {glue:text}`mask_mem_box_mb:.1f` MB, raw ones {glue:text}`mask_mem_raw_mb:.2f` MB.
 # - `raw` moves the cost, it does not remove it: a consumer that RLE-encodes every instance pays the paste
-#   later. With the consumer included, `raw` is still {glue:text}`mask_raw_rle_vs_full_rle:.1f`x cheaper
-#   than `full` + RLE, because it never materialises N full-size masks. Ask what your consumer needs: boxes
-#   and scores only (tracking, counting) never pay the paste at all.
+#   later. With that consumer, `full` + RLE costs {glue:text}`mask_raw_rle_vs_full_rle:.2f`x what `raw` +
+#   RLE costs (the lazy masks encode RLE from the box-local paste and never build an image-sized array).
+#   Ask what your consumer needs: boxes and scores only (tracking, counting) never pay the paste at all.
 # - Full-image paste scales with image area x detections; box-local paste with box area; raw with neither.
 
 # %% [markdown]

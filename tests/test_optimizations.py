@@ -187,3 +187,18 @@ def test_fp16_cuda_contracts(image):
 def test_fp16_on_cpu_is_a_clear_error(mask_rcnn):
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         StagedPipeline(mask_rcnn, Choices(precision="fp16"), "cpu")
+
+
+def test_region_rle_equals_full_image_rle():
+    """Lazy RLE never builds the image-sized mask, and must still match pycocotools on it exactly."""
+    from mmdet_speedup.masks import region_rle
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = rng.integers(1, 40, 2)
+        rh, rw = rng.integers(1, h + 1), rng.integers(1, w + 1)
+        y0, x0 = rng.integers(0, h - rh + 1), rng.integers(0, w - rw + 1)
+        region = torch.from_numpy(rng.random((rh, rw)) < rng.choice([0.0, 0.3, 1.0]))
+        full = np.zeros((h, w), np.uint8)
+        full[y0:y0 + rh, x0:x0 + rw] = region.numpy()
+        assert region_rle(region, int(y0), int(x0), (int(h), int(w))) == rle_encode(full)

@@ -30,6 +30,33 @@ def _paste_one(probs: Tensor, box: Tensor, img_h: int, img_w: int) -> tuple[Tens
     return region[0], int(ys.start), int(xs.start)
 
 
+def region_rle(region: Tensor, y0: int, x0: int, image_size: tuple[int, int]) -> dict:
+    """The COCO RLE of an image-sized mask that is zero outside ``region`` (placed at ``y0, x0``).
+
+    COCO runs are column-major over the whole image; only the region's set pixels are visited, so no
+    image-sized array is ever built. Equal to ``rle_encode`` of the pasted full mask.
+    """
+    from pycocotools import mask as mask_util
+
+    h, w = image_size
+    rh, rw = region.shape
+    rows, cols = np.nonzero(np.asarray(region, dtype=bool).T)  # transposed: column-major order
+    idx = (x0 + rows).astype(np.int64) * h + (y0 + cols)  # full-image column-major index of set pixels
+    if idx.size == 0:
+        counts = [h * w]
+    else:
+        breaks = np.nonzero(np.diff(idx) != 1)[0]
+        starts = np.concatenate([idx[:1], idx[breaks + 1]])
+        ends = np.concatenate([idx[breaks], idx[-1:]]) + 1  # exclusive
+        zeros = np.concatenate([starts[:1], starts[1:] - ends[:-1]])
+        runs = np.empty(2 * len(starts) + 1, dtype=np.int64)
+        runs[0:-1:2], runs[1:-1:2], runs[-1] = zeros, ends - starts, h * w - ends[-1]
+        counts = runs.tolist() if runs[-1] else runs[:-1].tolist()  # COCO drops a trailing empty run
+    rle = mask_util.frPyObjects({"counts": counts, "size": [h, w]}, h, w)
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
 class LazyMasks:
     """Common API of the lazy results: ``len``, ``paste(i)`` (box-local bool + offset), ``to_full()``, ``to_rle()``."""
 
@@ -50,14 +77,8 @@ class LazyMasks:
         return out
 
     def to_rle(self) -> list[dict]:
-        h, w = self.image_size
-        rles = []
-        for i in range(len(self)):
-            m, y0, x0 = self.paste(i)
-            full = np.zeros((h, w), dtype=np.uint8)
-            full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m.numpy()
-            rles.append(rle_encode(full))
-        return rles
+        """COCO RLE of every instance, encoded from the box-local paste: cost grows with box area only."""
+        return [region_rle(*self.paste(i), self.image_size) for i in range(len(self))]
 
     def nbytes(self) -> int:
         raise NotImplementedError
