@@ -79,7 +79,7 @@ for size, m in cases:
 # Median wall time per image of `preprocess + data_preprocessor` (decode excluded), the CPU time the
 # process spent on it, and the bytes each path copies to the device.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 rows = book.load_rows(rec)
 ok = rows[rows["status"] == "ok"].copy()
 ok["case"] = ok["input_size"] + " > " + ok["scale"]

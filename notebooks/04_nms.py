@@ -77,7 +77,7 @@ impls = ["torchvision", "mmcv", "offset", "per_class", "torchvision_batched", "m
 _ = nms.sweep(ns, impls, iou_thresholds, repeats=nms_repeats, warmup=1, device=dev, out_csv=nms_csv,
               run_id=rec.run_id, num_classes=5)
 
-# %%
+# %% tags=["nbval-ignore-output"]
 bench = book.load_rows(nms_csv, rec.run_id)
 ok = bench[bench["status"] == "ok"]
 med = ok.groupby(["box_set", "implementation", "iou_threshold", "n"], as_index=False)["ms"].median()

@@ -121,9 +121,10 @@ _ = book.glue("load_speedup_large", float(summary.loc[large, "speed-up"]))
 #   ({glue:text}`load_share_small:.1f`%, bound {glue:text}`load_bound_small:.3f`x); the reader measured
 #   {glue:text}`load_speedup_small:.3f`x, {glue:text}`load_reached_small:.0f`% of the bound.
 # - On a two-core CPU the reader's thread competes with the model's own threads, so the bound assumes a core
-#   that is not there. At equal priority the reader preempts one of the model's two threads and every
-#   parallel operator waits for it ({glue:text}`load_speedup_small_equal:.3f`x at {glue:text}`load_small`):
-#   the library runs its reader threads at a lower priority so they only take cycles the model leaves idle. On a GPU the model runs on the device while the host decodes: the seed article's
+#   that is not there. The library runs its reader threads at a lower priority, so that they take only the
+#   cycles the model leaves idle instead of preempting one of its two threads; at equal priority the reader
+#   measured {glue:text}`load_speedup_small_equal:.3f`x at {glue:text}`load_small`. Both are within noise of
+#   the bound here. On a GPU the model runs on the device while the host decodes: the seed article's
 #   46 -> 35 ms (V100, published) is that case. Re-run this chapter with `-p device cuda` to see it.
 
 # %% [markdown]
