@@ -25,6 +25,7 @@ nbval-refs: setup
 
 html: setup
 	bash scripts/vendor_mathjax.sh
+	rm -rf _build/html  # no stale pages from an earlier build
 	.venv/bin/jupyter-book build . -W -n --keep-going --builder html
 
 book: study html

@@ -123,7 +123,7 @@ diffs = pd.DataFrame([compare_inputs(model, img, v, dev) for v in ("legacy", "de
 book.record_table(rec, "01_preprocess_inputs", diffs.reset_index())
 book.show_table(diffs, 3)
 
-# %%
+# %% tags=["nbval-ignore-output"]
 fastest = wide.idxmin(axis=1)
 big = usual[-1]
 book.glue("pre_big_case", big)

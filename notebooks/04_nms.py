@@ -176,7 +176,7 @@ dz = dz[dz["lr_schd"] == "1x"][["table", "backbone", "type", "inference_s_per_im
 book.show_table(dz, 3)
 e2e = dz[dz["table"].str.contains("End-to-End", case=False)].set_index(["type", "backbone"])["inference_s_per_im"]
 
-# %%
+# %% tags=["nbval-ignore-output"]
 worst = slopes.stack().idxmax()
 book.glue("nms_slope_max", float(slopes.stack().max()))
 book.glue("nms_slope_max_impl", f"{worst[0]} on {worst[1]} boxes")

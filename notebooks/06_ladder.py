@@ -194,7 +194,7 @@ for case in cases:
 seed_cmp = pd.DataFrame(cmp_rows)
 book.show_table(seed_cmp, 2)
 
-# %%
+# %% tags=["nbval-ignore-output"]
 first = cases[0]
 book.glue("lad_case0", first)
 book.glue("lad_case_last", cases[-1])

@@ -105,9 +105,11 @@ def stacked_stages(table: pd.DataFrame, ax=None, title: str = "", stages=S.STAGE
 
 
 def show_table(df: pd.DataFrame, digits: int = 1):
+    """Display rounded, never wrapped: a wrapped text table changes shape with the width of its numbers."""
     from IPython.display import display
 
-    display(df.round(digits))
+    with pd.option_context("display.width", 10_000, "display.max_columns", None, "display.max_colwidth", 80):
+        display(df.round(digits))
 
 
 def record_table(rec: Recorder, name: str, df: pd.DataFrame) -> pd.DataFrame:
