@@ -8,9 +8,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Mapping, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from .masks import rle_encode
 from .pipeline import Detections

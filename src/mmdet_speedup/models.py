@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +30,6 @@ class Workload:
     rpn_pre_nms: int | None = None
     rpn_proposals: int | None = None
     score_thr: float | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {"scale": fmt_size(self.scale), "dets_per_image": self.dets_per_image,
-                "rpn_pre_nms": self.rpn_pre_nms}
 
 
 @dataclass(frozen=True)
@@ -201,11 +196,6 @@ def set_workload(model, *, dets_per_image: int | None = None, rpn_pre_nms: int |
         if value is not None:
             live[key] = int(value)
             rec[key] = int(value)
-
-
-def describe_model(model) -> dict[str, Any]:
-    return {"config": getattr(model, "mmdet_speedup_config", type(model).__name__),
-            "with_neck": bool(model.with_neck), "with_mask": bool(getattr(model.roi_head, "with_mask", False))}
 
 
 def clone(model):

@@ -5,7 +5,6 @@ with the stock choices it returns the same detections as ``model.test_step``.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import os
 from dataclasses import dataclass, field, replace
@@ -23,7 +22,7 @@ from .models import check_two_stage
 from .precision import PRECISIONS, Precision, apply, to_float
 from .roi_align import ROI_ALIGN_IMPLS, swap_roi_align
 from .preprocess import PREPROCESS_VARIANTS, make_preprocessor
-from .timing import NullTimer, StageTimer, resolve_device
+from .timing import NullTimer, resolve_device
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import cv2
-import numpy as np
 import pandas as pd
 import torch
 
@@ -90,7 +89,6 @@ class Profiler:
         self.clock = clock
         self.consumer = consumer
         self.progress = progress
-        self.rows: list[dict] = []
 
     def pipeline(self, choices: Choices) -> StagedPipeline:
         model = clone(self.model) if choices.changes_model() else self.model
@@ -137,10 +135,6 @@ class Profiler:
                 del pipes[label]
                 out.append(self._error(label, choices, sample, extra, e))
         return pd.DataFrame(out)
-
-    def run_variant(self, label: str, choices: Choices, samples: Sequence[Sample],
-                    extra: Mapping | None = None) -> list[dict]:
-        return self.run({label: choices}, samples, extra).to_dict("records")
 
     def base_row(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
@@ -240,7 +234,6 @@ class Profiler:
         return row
 
     def _emit(self, rows: list[dict]) -> None:
-        self.rows += rows
         if self.recorder is not None:
             self.recorder.write(rows)
 

@@ -25,9 +25,5 @@ NESTED: dict[str, str] = {RPN_NMS: RPN, ROI_BBOX_NMS: ROI_BBOX}
 ALL: tuple[str, ...] = STAGES + (TOTAL,) + tuple(NESTED) + (CONSUMER_RLE,)
 
 
-def is_nested(stage: str) -> bool:
-    return "." in stage
-
-
 def parent(stage: str) -> str:
     return stage.split(".", 1)[0]

@@ -39,7 +39,6 @@ class StageTimer:
         self.clock = clock
         self.record_function = record_function
         self.times: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -52,7 +51,6 @@ class StageTimer:
             finally:
                 synchronize(self.device)
                 self.times[name] = self.times.get(name, 0.0) + (self.clock() - start) * 1e3
-                self.counts[name] = self.counts.get(name, 0) + 1
 
     def ms(self) -> dict[str, float]:
         return dict(self.times)
