@@ -74,7 +74,8 @@ def main() -> None:
     samples = ms.prepare_inputs(images, scale)
     variants = {"fp32": C(), f"{low}+cl": C(precision=low, channels_last=True),
                 f"{low}-weights+cl+foldbn": C(precision=f"{low}-weights", channels_last=True, fold_bn=True),
-                f"{low}+cl torchvision RoIAlign": C(precision=low, channels_last=True, roi_align="torchvision")}
+                f"{low}+cl torchvision RoIAlign": C(precision=low, channels_last=True, roi_align="torchvision"),
+                f"{low}+cl threaded RoIAlign": C(precision=low, channels_last=True, roi_align="threaded")}
     df = prof.run(variants, samples)
     t = stage_ms(df, [S.BACKBONE, S.NECK])
     for v in list(variants)[1:3]:
@@ -82,6 +83,8 @@ def main() -> None:
     t = stage_ms(df, [S.ROI_BBOX, S.ROI_MASK])
     add("roi_align torchvision", f"{scale}>{scale}", f"{low}+cl", f"{low}+cl torchvision RoIAlign",
         ["roi_bbox", "roi_mask"], t[f"{low}+cl"], t[f"{low}+cl torchvision RoIAlign"])
+    add("roi_align threaded", f"{scale}>{scale}", f"{low}+cl torchvision RoIAlign", f"{low}+cl threaded RoIAlign",
+        ["roi_bbox", "roi_mask"], t[f"{low}+cl torchvision RoIAlign"], t[f"{low}+cl threaded RoIAlign"])
     # overlapped loading, the optimized model, small scale (where loading matters) and the model scale
     for s in ("320x192", scale):
         m = ms.build_detector("mask-rcnn_r50_fpn_1x_coco", device=str(dev),

@@ -23,7 +23,7 @@
 # - `device`: decode on the host, uint8 copy (pinned, non-blocking on CUDA), resize, colour order,
 #   normalize and pad on the device with torch;
 # - `auto`: whichever of the three is fastest for the device (on CUDA: `device`; elsewhere measured once
-#   per input shape).
+#   per input shape, interleaved, and moved off `stock` only by a win larger than timing noise).
 #
 # Stages compared: `preprocess` (host) + `data_preprocessor` (device step); `load` (JPEG decode) is shown
 # apart because no variant changes it.
@@ -152,7 +152,8 @@ _ = book.glue("pre_seed_ratio_4k", float(seed_pre.loc["3840x2304", "seed speed-u
 #   {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its pre-processing at 3840x2304 on an RTX 3080,
 #   published figure). On a CPU there is no device to move work to, and cv2's SIMD resize and normalize
 #   are hard to beat with torch: say so before porting the seed's trick to a CPU deployment.
-# - `auto` measures once per input shape and keeps the winner; it costs
+# - `auto` measures once per input shape and keeps the winner (`stock` unless another path is clearly
+#   faster); it costs
 #   {glue:text}`pre_auto_over_best_big:.2f`x the best fixed choice here.
 # - `device` is not bit-identical: its input differs from `stock`'s by at most
 #   {glue:text}`pre_device_max_levels:.1f` grey levels (mean {glue:text}`pre_device_mean_levels:.3f`).

@@ -25,8 +25,10 @@
 # | `+auto preprocess` | the fastest pre-processing path for the device |
 # | `+raw masks` | 28x28 probabilities and boxes, pasted lazily; the RLE consumer column shows what a consumer pays |
 # | `+torchvision RoIAlign` | torchvision's RoIAlign kernel in the RoI extractors (CPU; same output) |
+# | `+threaded RoIAlign` | the same kernel over interleaved slices of the RoIs, one per thread (CPU; same output) |
 # | `+fold BN` | BatchNorm folded into the convolutions |
 # | `+bf16 weights` / `+fp16 weights` | backbone and neck kept entirely in the reduced dtype |
+# | `+compile` | backbone and neck through TorchInductor (fused convolution, add and ReLU; compiled on warm-up) |
 # | `+300 proposals` | **changes results**: the RPN keeps 300 proposals instead of 1000 |
 #
 # Three cases: a 1333x800 input at 1333x800, a 3840x2304 input resized to 1333x800 (the usual deployment),
@@ -73,12 +75,14 @@ LADDER["+auto preprocess"] = LADDER["+precision"].replace(preprocess="auto")
 LADDER["+raw masks"] = LADDER["+auto preprocess"].replace(masks="raw")
 last = LADDER["+raw masks"]
 if dev.type == "cpu":
-    last = LADDER["+torchvision RoIAlign"] = last.replace(roi_align="torchvision")
+    LADDER["+torchvision RoIAlign"] = last.replace(roi_align="torchvision")
+    last = LADDER["+threaded RoIAlign"] = last.replace(roi_align="threaded")
 LADDER["+fold BN"] = last.replace(fold_bn=True)
 LADDER[f"+{low} weights"] = LADDER["+fold BN"].replace(precision=f"{low}-weights")
+LADDER["+compile"] = LADDER[f"+{low} weights"].replace(compile=True)
 FEWER = f"+{fewer_proposals} proposals (changes results)"
 ROWS = list(LADDER) + [FEWER]
-LAST_SAME = f"+{low} weights"  # the last result-preserving row
+LAST_SAME = "+compile"  # the last result-preserving row
 print("run", rec.run_id, "on", dev)
 
 # %% tags=["nbval-ignore-output"]

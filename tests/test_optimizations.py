@@ -153,14 +153,15 @@ def test_bf16_weights_and_fold_bn_run_and_agree_softly(mask_rcnn, image):
     assert relative_error(ref, test) < 0.1
 
 
-def test_torchvision_roi_align_is_bit_identical(mask_rcnn, image, stock_dets):
-    dets = StagedPipeline(__import__("copy").deepcopy(mask_rcnn), Choices(roi_align="torchvision"), "cpu")(image)
+@pytest.mark.parametrize("impl", ["torchvision", "threaded"])
+def test_torchvision_roi_align_is_bit_identical(mask_rcnn, image, stock_dets, impl):
+    dets = StagedPipeline(__import__("copy").deepcopy(mask_rcnn), Choices(roi_align=impl), "cpu")(image)
     assert identical(stock_dets, dets)
     with pytest.raises(ValueError, match="unknown roi_align"):
         Choices(roi_align="fast")
 
 
-@pytest.mark.parametrize("roi_align", ["mmcv", "torchvision"])
+@pytest.mark.parametrize("roi_align", ["mmcv", "torchvision", "threaded"])
 def test_channels_last_alone_is_equivalent(mask_rcnn, image, stock_dets, roi_align):
     """fp32 + channels_last must not change results (mmcv's RoIAlign misreads channels_last memory)."""
     p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", channels_last=True,
@@ -202,3 +203,36 @@ def test_region_rle_equals_full_image_rle():
         full = np.zeros((h, w), np.uint8)
         full[y0:y0 + rh, x0:x0 + rw] = region.numpy()
         assert region_rle(region, int(y0), int(x0), (int(h), int(w))) == rle_encode(full)
+
+
+def test_threaded_roi_align_equals_one_call_for_any_split():
+    from mmdet_speedup.roi_align import TorchvisionRoIAlign
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 8, 40, 60, generator=g)
+    xy = torch.rand(101, 2, generator=g) * torch.tensor([200.0, 130.0])
+    rois = torch.cat([torch.zeros(101, 1), xy, xy + torch.rand(101, 2, generator=g) * 60 + 1], 1)
+    one = TorchvisionRoIAlign(7, 1 / 4, 0, True)(feats, rois)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):  # 3: an odd split, interleaved slices of unequal length
+            torch.set_num_threads(threads)
+            assert torch.equal(TorchvisionRoIAlign(7, 1 / 4, 0, True, threaded=True)(feats, rois), one)
+        assert torch.equal(TorchvisionRoIAlign(7, 1 / 4, 0, True, threaded=True)(feats, rois[:5]), one[:5])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_compile_keeps_results_and_stock_model(mask_rcnn, image, stock_dets):
+    """TorchInductor (freezing, fused conv+add+relu) on backbone and neck, fp32: same detections as stock."""
+    from mmdet_speedup.compile import is_compiled
+    from mmdet_speedup.equivalence import relative_error
+
+    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", roi_align="mmcv", compile=True,
+                 device="cpu")
+    assert is_compiled(p.pipeline.model.backbone) and is_compiled(p.pipeline.model.neck)
+    assert not is_compiled(mask_rcnn.backbone)
+    a = compare(stock_dets, p(image))
+    assert a.passes(box_iou=0.99), a
+    ref, test = p.features(image)
+    assert relative_error(ref, test) < 1e-3

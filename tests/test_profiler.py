@@ -119,3 +119,13 @@ def test_peak_memory_sees_an_allocation_and_resets():
     if not big.reset:
         pytest.skip("/proc/self/clear_refs refused: the high-water mark cannot be reset here")
     assert big.peak_mb >= 60 and small.peak_mb < 20
+
+
+def test_recorder_sets_aside_rows_with_other_columns(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("run_id,ms\nold,1.0\n")
+    rec = Recorder(path, notebook="test")
+    rec.write([{"variant": "v", "stage": "total", "ms": 2.0}])
+    old = list(tmp_path.glob("rows.old-*.csv"))
+    assert len(old) == 1 and old[0].read_text() == "run_id,ms\nold,1.0\n"  # nothing lost
+    assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)

@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--masks", default="full", help="full,legacy,box,raw")
     q.add_argument("--channels-last", action="store_true")
     q.add_argument("--fold-bn", action="store_true")
-    q.add_argument("--roi-align", default="mmcv", help="mmcv,torchvision")
+    q.add_argument("--roi-align", default="mmcv", help="mmcv,torchvision,threaded")
+    q.add_argument("--compile", action="store_true", help="TorchInductor for backbone and neck (compiles on warm-up)")
     q.add_argument("--rle", action="store_true", help="also time a consumer that RLE-encodes every mask")
     q.add_argument("--out", default=None, help="append tidy rows to this CSV")
     return p
@@ -56,7 +57,7 @@ def profile(args) -> int:
     for im in images:
         if not Path(im).is_file():
             raise FileNotFoundError(f"image not found: {im}")
-    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra)
+    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra, args.compile)
                for pp, pr, m, ra in itertools.product(_list(args.preprocess), _list(args.precision), _list(args.masks),
                                                       _list(args.roi_align))]
     recorder = Recorder(args.out, notebook="cli", params=vars(args)) if args.out else None

@@ -100,7 +100,7 @@ class Predictor:
 
 def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks: str | None = None,
              channels_last: bool | None = None, fold_bn: bool = False, roi_align: str = "auto",
-             device: str = "auto") -> Predictor:
+             compile: bool = False, device: str = "auto") -> Predictor:
     """Bind the optimizations to a stock mmdet 3.x two-stage detector in one call.
 
     ``precision="auto"`` picks fp16 on CUDA, bf16 on a CPU with bf16 matrix instructions, fp32 otherwise;
@@ -117,5 +117,6 @@ def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks:
     if masks is None:
         masks = "raw" if getattr(model.roi_head, "with_mask", False) else "full"
     if roi_align == "auto":
-        roi_align = "mmcv" if dev.type == "cuda" else "torchvision"
-    return Predictor(model, Choices(preprocess, precision, bool(channels_last), bool(fold_bn), masks, roi_align), dev)
+        roi_align = "mmcv" if dev.type == "cuda" else "threaded"
+    return Predictor(model, Choices(preprocess, precision, bool(channels_last), bool(fold_bn), masks, roi_align,
+                                       bool(compile)), dev)

@@ -20,6 +20,7 @@ from . import stages as S
 from .masks import MASK_VARIANTS, full_masks, postprocess
 from .models import check_two_stage
 from .precision import PRECISIONS, Precision, apply, to_float
+from .compile import compile_features
 from .roi_align import ROI_ALIGN_IMPLS, swap_roi_align
 from .preprocess import PREPROCESS_VARIANTS, make_preprocessor
 from .timing import NullTimer, resolve_device
@@ -41,6 +42,7 @@ class Choices:
     fold_bn: bool = False
     masks: str = "full"
     roi_align: str = "mmcv"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_VARIANTS:
@@ -60,11 +62,14 @@ class Choices:
             parts.append("foldbn")
         if self.roi_align != "mmcv":
             parts.append(f"roi-{self.roi_align}")
+        if self.compile:
+            parts.append("compiled")
         parts.append(self.masks)
         return "/".join(parts)
 
     def changes_model(self) -> bool:
-        return self.precision != "fp32" or self.channels_last or self.fold_bn or self.roi_align != "mmcv"
+        return (self.precision != "fp32" or self.channels_last or self.fold_bn or self.roi_align != "mmcv"
+                or self.compile)
 
     def replace(self, **kw) -> "Choices":
         return replace(self, **kw)
@@ -157,8 +162,8 @@ def install_nms_probes() -> None:
 class StagedPipeline:
     """Runs one image through the named stages with the given choices.
 
-    For choices that change the model (precision, channels_last, BatchNorm folding) pass a copy: the levers
-    mutate the modules they are given (``optimize`` does this for you).
+    For choices that change the model (precision, channels_last, BatchNorm folding, RoIAlign, compile) pass a
+    copy: the levers mutate the modules they are given (``optimize`` does this for you).
     """
 
     def __init__(self, model, choices: Choices = STOCK, device: str | torch.device = "auto") -> None:
@@ -170,6 +175,8 @@ class StagedPipeline:
         self.precision = Precision(choices.precision, self.device)
         apply(model, self.precision, channels_last=choices.channels_last, fold_bn=choices.fold_bn)
         swap_roi_align(model.roi_head, choices.roi_align)
+        if choices.compile:
+            compile_features(model, self.device)
         self.pre = make_preprocessor(choices.preprocess, model, self.device)
         self.with_mask = bool(getattr(model.roi_head, "with_mask", False))
         self._capture: list | None = None
@@ -214,8 +221,9 @@ class StagedPipeline:
             proposals = m.rpn_head.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
         with timer.stage(S.ROI_BBOX):
             # RoIAlign wants fp32 NCHW features: mmcv's kernel misreads channels_last memory, torchvision's is
-            # slower on it. Charged here: at 3840x2304 converting the FPN maps is no rounding error.
-            x = tuple(t.float().contiguous() for t in x)
+            # slower on it. One copy per map (dtype and layout together), charged here: at 3840x2304 converting
+            # the FPN maps is no rounding error.
+            x = tuple(t.to(torch.float32, memory_format=torch.contiguous_format) for t in x)
             results = self._predict_bbox(x, metas, proposals)[0]
         masks = None
         if self.with_mask:

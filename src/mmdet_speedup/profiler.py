@@ -139,7 +139,7 @@ class Profiler:
     def base_row(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
                 "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
-                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "device": str(self.device),
+                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "compile": choices.compile, "device": str(self.device),
                 "dtype": _dtype_name(choices), "threads": torch.get_num_threads(),
                 "input_size": fmt_size(sample.size) if sample else "", "image": sample.name if sample else "",
                 **(extra or {})}

@@ -14,13 +14,13 @@ from typing import Any, Iterable, Mapping
 import torch
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
-BENCHMARK_VERSION = "1.0"
+BENCHMARK_VERSION = "1.1"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",
     "preprocess", "precision", "channels_last", "masks", "device", "dtype", "threads",
     "input_size", "scale", "rpn_pre_nms", "dets_per_image", "stage", "repeat", "ms", "peak_mem_mb",
-    "status", "message", "image", "fold_bn", "rpn_nms_in", "bbox_nms_in", "dets_out", "mask_bytes", "roi_align", "cpu_ms", "bytes_copied", "chosen", "images_per_s", "case", "sweep",
+    "status", "message", "image", "fold_bn", "rpn_nms_in", "bbox_nms_in", "dets_out", "mask_bytes", "roi_align", "cpu_ms", "bytes_copied", "chosen", "images_per_s", "case", "sweep", "compile",
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +103,7 @@ class Recorder:
         self.run_id = run_id or new_run_id()
         self.git_sha = git_sha()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _set_aside_if_other_columns(self.path, COLUMNS)
         self.env = environment(params)
         env_dir = Path(env_dir) if env_dir else self.path.parent / "environment"
         env_dir.mkdir(parents=True, exist_ok=True)
@@ -125,11 +126,24 @@ class Recorder:
         return len(rows)
 
 
+def _set_aside_if_other_columns(path: Path, columns: Iterable[str]) -> None:
+    """Rows written under other columns (an older benchmark version) move to a side file, never lost or mixed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if header != list(columns):
+        old = path.with_name(f"{path.stem}.old-{_dt.datetime.now():%Y%m%dT%H%M%S}{path.suffix}")
+        path.rename(old)
+        print(f"records: {path.name} had other columns (an older benchmark version); moved to {old.name}")
+
+
 def write_tidy(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> None:
     """Append rows to a CSV with its own columns (e.g. the NMS workbench, equivalence figures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(columns)
+    _set_aside_if_other_columns(path, columns)
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
