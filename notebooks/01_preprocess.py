@@ -42,26 +42,19 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book
 from mmdet_speedup.preprocess import compare_inputs
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), config=config, checkpoint=checkpoint, scale=scale, input_sizes=input_sizes,
-              seed_case=seed_case, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads)
-rec = book.recorder("01_preprocess", params)
+dev, rec = book.start("01_preprocess", device=device, config=config, checkpoint=checkpoint, scale=scale,
+                      input_sizes=input_sizes, seed_case=seed_case, n_images=n_images, repeats=repeats,
+                      warmup=warmup, threads=threads)
 images = book.default_images(n_images)
 VARIANTS = {v: ms.Choices(preprocess=v) for v in ("legacy", "stock", "device", "auto")}
-print("run", rec.run_id, "on", dev)
 
 # %% tags=["nbval-ignore-output"]
 model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev), workload=ms.Workload(scale=ms.models.parse_size(scale)))

@@ -41,21 +41,15 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, stages as S
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), config=config, checkpoint=checkpoint, scale=scale, input_size=input_size, dets=dets,
-              rpn_proposals=rpn_proposals, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads)
-rec = book.recorder("02_precision", params)
+dev, rec = book.start("02_precision", device=device, config=config, checkpoint=checkpoint, scale=scale,
+                      input_size=input_size, dets=dets, rpn_proposals=rpn_proposals, n_images=n_images,
+                      repeats=repeats, warmup=warmup, threads=threads)
 low = "fp16" if dev.type == "cuda" else "bf16"
 C = ms.Choices
 VARIANTS = {
@@ -67,7 +61,6 @@ VARIANTS = {
     f"{low}-weights +cl": C(precision=f"{low}-weights", channels_last=True),
     f"{low}-weights +cl +foldbn": C(precision=f"{low}-weights", channels_last=True, fold_bn=True),
 }
-print("run", rec.run_id, "on", dev)
 
 # %% tags=["nbval-ignore-output"]
 model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev),

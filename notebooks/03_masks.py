@@ -45,27 +45,20 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, stages as S
 from mmdet_speedup.models import set_workload
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), config=config, checkpoint=checkpoint, scale=scale, input_sizes=input_sizes,
-              dets_list=dets_list, dets_for_sizes=dets_for_sizes, input_for_dets=input_for_dets,
-              rpn_proposals=rpn_proposals, n_images=n_images, repeats=repeats, warmup=warmup, threads=threads)
-rec = book.recorder("03_masks", params)
+dev, rec = book.start("03_masks", device=device, config=config, checkpoint=checkpoint, scale=scale,
+                      input_sizes=input_sizes, dets_list=dets_list, dets_for_sizes=dets_for_sizes,
+                      input_for_dets=input_for_dets, rpn_proposals=rpn_proposals, n_images=n_images,
+                      repeats=repeats, warmup=warmup, threads=threads)
 MASKS = {v: v for v in ("full", "legacy", "box", "raw")}
 images = book.default_images(n_images)
-print("run", rec.run_id, "on", dev)
 
 # %% tags=["nbval-ignore-output"]
 model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev),

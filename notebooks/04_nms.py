@@ -43,26 +43,19 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, nms, stages as S
 from mmdet_speedup.models import clone, parse_size, set_workload
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), checkpoint=checkpoint, ns=ns, iou_thresholds=iou_thresholds, nms_repeats=nms_repeats,
-              scale=scale, input_size=input_size, c4_pre_nms=c4_pre_nms, fpn_pre_nms=fpn_pre_nms,
-              rpn_proposals=rpn_proposals, dets=dets, repeats=repeats, warmup=warmup, threads=threads)
-rec = book.recorder("04_nms", params)
-print("run", rec.run_id, "on", dev)
+dev, rec = book.start("04_nms", device=device, checkpoint=checkpoint, ns=ns, iou_thresholds=iou_thresholds,
+                      nms_repeats=nms_repeats, scale=scale, input_size=input_size, c4_pre_nms=c4_pre_nms,
+                      fpn_pre_nms=fpn_pre_nms, rpn_proposals=rpn_proposals, dets=dets, repeats=repeats,
+                      warmup=warmup, threads=threads)
 
 # %% [markdown]
 # ## 1. The kernels: time against n

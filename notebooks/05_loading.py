@@ -37,25 +37,18 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, stages as S
 from mmdet_speedup.loader import compare_loading
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), config=config, checkpoint=checkpoint, cases=cases, input_size=input_size,
-              n_stream=n_stream, passes=passes, depth=depth, threads=threads)
-rec = book.recorder("05_loading", params)
+dev, rec = book.start("05_loading", device=device, config=config, checkpoint=checkpoint, cases=cases,
+                      input_size=input_size, n_stream=n_stream, passes=passes, depth=depth, threads=threads)
 photos = ms.prepare_inputs(book.default_images(), input_size)
 stream = [photos[i % len(photos)].data for i in range(n_stream)]  # encoded JPEGs, decoded by the reader
-print("run", rec.run_id, "on", dev, "-", n_stream, "images per pass")
+print(n_stream, "images per pass")
 
 # %% tags=["nbval-ignore-output"]
 for case in cases:

@@ -50,23 +50,17 @@ threads = 2
 
 # %%
 # %matplotlib inline
-import warnings
-
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, stages as S
 from mmdet_speedup.models import clone, parse_size, set_workload
 
-warnings.filterwarnings("ignore", category=UserWarning)
-torch.set_num_threads(threads)
-dev = ms.resolve_device(device)
-params = dict(device=str(dev), config=config, checkpoint=checkpoint, cases=cases, equivalence_cases=equivalence_cases,
-              dets=dets, rpn_proposals=rpn_proposals, fewer_proposals=fewer_proposals, n_images=n_images,
-              repeats=repeats, warmup=warmup, threads=threads)
-rec = book.recorder("06_ladder", params)
+dev, rec = book.start("06_ladder", device=device, config=config, checkpoint=checkpoint, cases=cases,
+                      equivalence_cases=equivalence_cases, dets=dets, rpn_proposals=rpn_proposals,
+                      fewer_proposals=fewer_proposals, n_images=n_images, repeats=repeats, warmup=warmup,
+                      threads=threads)
 low = "fp16" if dev.type == "cuda" else "bf16"
 C = ms.Choices
 LADDER = {"legacy": C(preprocess="legacy", masks="legacy"), "stock": C()}
@@ -83,7 +77,6 @@ LADDER["+compile"] = LADDER[f"+{low} weights"].replace(compile=True)
 FEWER = f"+{fewer_proposals} proposals (changes results)"
 ROWS = list(LADDER) + [FEWER]
 LAST_SAME = "+compile"  # the last result-preserving row
-print("run", rec.run_id, "on", dev)
 
 # %% tags=["nbval-ignore-output"]
 images = book.default_images(n_images)

@@ -129,3 +129,25 @@ def test_recorder_sets_aside_rows_with_other_columns(tmp_path):
     old = list(tmp_path.glob("rows.old-*.csv"))
     assert len(old) == 1 and old[0].read_text() == "run_id,ms\nold,1.0\n"  # nothing lost
     assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)
+
+
+def test_book_start_records_resolved_device_and_params(tmp_path, monkeypatch, capsys):
+    import json
+
+    import torch
+
+    from mmdet_speedup import book
+
+    monkeypatch.setenv("MMDET_SPEEDUP_RESULTS", str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        dev, rec = book.start("99_test", device="auto", threads=1, scale="480x320")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert dev.type in ("cpu", "cuda") and rec.path == tmp_path / "99_test.csv"
+    env = json.loads((tmp_path / "environment" / f"{rec.run_id}.json").read_text())
+    assert env["params"] == {"device": str(dev), "threads": 1, "scale": "480x320"}
+    assert rec.run_id in capsys.readouterr().out
+    with pytest.raises(KeyError):
+        book.start("99_test", device="cpu")  # threads is required

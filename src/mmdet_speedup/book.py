@@ -35,6 +35,26 @@ def default_images(n: int | None = None) -> list[str]:
     return paths[:n] if n else paths
 
 
+def start(notebook: str, **params: Any):
+    """A chapter's set-up: thread count, device, and a recorder whose environment record holds ``params``.
+
+    ``params`` must include ``device`` and ``threads``; the resolved device is what gets recorded.
+    Returns ``(device, recorder)`` and prints the run id the chapter's rows carry.
+    """
+    import warnings
+
+    import torch
+
+    from .timing import resolve_device
+
+    warnings.filterwarnings("ignore", category=UserWarning)  # mmdet's "checkpoint is None" and friends
+    torch.set_num_threads(int(params["threads"]))
+    dev = resolve_device(params["device"])
+    rec = recorder(notebook, {**params, "device": str(dev)})
+    print("run", rec.run_id, "on", dev)
+    return dev, rec
+
+
 def recorder(notebook: str, params: Mapping[str, Any], name: str | None = None) -> Recorder:
     return Recorder(results_dir() / f"{name or notebook}.csv", notebook=notebook, params=params)
 
