@@ -159,7 +159,9 @@ plt.show()
 bound_rows = []
 for case, t in tables.items():
     s = t.loc["stock"]
-    untouched = s[S.LOAD] + s.get(S.RPN_NMS, 0) + s.get(S.ROI_BBOX_NMS, 0) + (s[S.TOTAL] - s[[c for c in S.STAGES if c in t]].sum())
+    # medians do not add exactly: a negative gap (stages summing past `total`) is no negative glue
+    glue = max(0.0, s[S.TOTAL] - s[[c for c in S.STAGES if c in t]].sum())
+    untouched = s[S.LOAD] + s.get(S.RPN_NMS, 0) + s.get(S.ROI_BBOX_NMS, 0) + glue
     bound_rows.append({"case": case, "stock ms": s[S.TOTAL], "untouched ms": untouched, "Amdahl bound": s[S.TOTAL] / untouched,
                        "reached": t.loc[LAST_SAME, "speed-up"], "with fewer proposals": t.loc[FEWER, "speed-up"]})
 bounds = pd.DataFrame(bound_rows).set_index("case")
@@ -206,7 +208,12 @@ book.glue("lad_matched0", float(tables[first].loc[LAST_SAME, "matched_ref"]))
 book.glue("lad_fewer_matched0", float(tables[first].loc[FEWER, "matched_ref"]))
 biggest = tables[first].loc[LAST_SAME, list(S.STAGES)].dropna().idxmax()
 book.glue("lad_biggest_left", biggest)
-book.glue("lad_legacy_vs_stock0", float(tables[first].loc["legacy", S.TOTAL] / tables[first].loc["stock", S.TOTAL]))
+legacy_vs_stock = {case: float(t.loc["legacy", S.TOTAL] / t.loc["stock", S.TOTAL]) for case, t in tables.items()}
+book.glue("lad_legacy_vs_stock0", legacy_vs_stock[first])
+book.glue("lad_legacy_verdict", "mmdet 3.3 already fixed part of what the seed measured" if legacy_vs_stock[first] > 1.05
+          else "at this size on this CPU mmdet 3.3's fixes (on-device normalize, no per-class host masks) "
+               "are lost in the model's own cost; they show at larger inputs")
+book.glue("lad_legacy_range", ", ".join(f"{v:.2f}x at {c}" for c, v in legacy_vs_stock.items()))
 _ = book.glue("lad_seed_total", float(seed[(seed["scale"] == "1333x800") & (seed["stage"] == "total")]
                                       .set_index("variant")["value"].pipe(lambda v: v["inference"] / v["inference_raw_mask"])))
 
@@ -218,8 +225,8 @@ _ = book.glue("lad_seed_total", float(seed[(seed["scale"] == "1333x800") & (seed
 #   consumer RLE-encodes every mask), against an Amdahl bound of {glue:text}`lad_bound0:.1f`x over the
 #   stages the rows touch; at {glue:text}`lad_case_last` it is {glue:text}`lad_speedup_last:.2f`x. The
 #   seed's ladder gained {glue:text}`lad_seed_total:.2f`x at 1333x800 on an RTX 3080 (published).
-# - `legacy` costs {glue:text}`lad_legacy_vs_stock0:.2f`x `stock` here: mmdet 3.3 already fixed part of
-#   what the seed measured.
+# - `legacy` costs {glue:text}`lad_legacy_vs_stock0:.2f`x `stock` here: {glue:text}`lad_legacy_verdict`
+#   (all cases: {glue:text}`lad_legacy_range`).
 # - Agreement of that row with `stock`: {glue:text}`lad_matched0:.3f` of detections matched, box IoU
 #   {glue:text}`lad_box_iou0:.4f` (random weights: agreement, not mAP).
 # - What is left is mostly **{glue:text}`lad_biggest_left`**. Cutting proposals to the number the row

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-study}; shift || true
 export PATH="$PWD/.venv/bin:$PATH"
 unset MPLBACKEND  # figures vanish from executed notebooks under Agg
-declare -A BUDGET=([01_preprocess]=300 [02_precision]=400 [03_masks]=400 [04_nms]=900 [05_loading]=500 [06_ladder]=2100)
+declare -A BUDGET=([01_preprocess]=300 [02_precision]=400 [03_masks]=400 [04_nms]=900 [05_loading]=500 [06_ladder]=3000)
 names=("$@")
 if (( ${#names[@]} == 0 )); then
   for f in notebooks/0*.py; do names+=("$(basename "$f" .py)"); done

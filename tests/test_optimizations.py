@@ -144,6 +144,20 @@ def test_bf16_dtype_contracts(mask_rcnn, image):
     assert dets.bboxes.dtype == dets.scores.dtype == torch.float32 and dets.masks.dtype == torch.bool
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", [(1, 256, 50, 84), (2, 8, 37, 5), (1, 3, 1, 1), (1, 1, 9, 7)])
+def test_blocked_feature_conversion_is_bit_identical(dtype, shape):
+    from mmdet_speedup.precision import to_nchw_float
+
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    for rows in (1, 7, 4096):
+        y = to_nchw_float(x, rows=rows)
+        assert y.dtype == torch.float32 and y.is_contiguous()
+        assert torch.equal(y, x.float())
+    plain = torch.randn(shape).to(dtype)
+    assert torch.equal(to_nchw_float(plain), plain.float()) and to_nchw_float(plain).is_contiguous()
+
+
 def test_bf16_weights_and_fold_bn_run_and_agree_softly(mask_rcnn, image):
     p = optimize(mask_rcnn, preprocess="stock", precision="bf16-weights", masks="full", fold_bn=True, device="cpu")
     assert next(p.pipeline.model.backbone.parameters()).dtype == torch.bfloat16

@@ -19,7 +19,7 @@ from torch import Tensor
 from . import stages as S
 from .masks import MASK_VARIANTS, full_masks, postprocess
 from .models import check_two_stage
-from .precision import PRECISIONS, Precision, apply, to_float
+from .precision import PRECISIONS, Precision, apply, to_float, to_nchw_float
 from .compile import compile_features
 from .roi_align import ROI_ALIGN_IMPLS, swap_roi_align
 from .preprocess import PREPROCESS_VARIANTS, make_preprocessor
@@ -223,7 +223,7 @@ class StagedPipeline:
             # RoIAlign wants fp32 NCHW features: mmcv's kernel misreads channels_last memory, torchvision's is
             # slower on it. One copy per map (dtype and layout together), charged here: at 3840x2304 converting
             # the FPN maps is no rounding error.
-            x = tuple(t.to(torch.float32, memory_format=torch.contiguous_format) for t in x)
+            x = tuple(to_nchw_float(t) for t in x)
             results = self._predict_bbox(x, metas, proposals)[0]
         masks = None
         if self.with_mask:

@@ -50,6 +50,24 @@ class Precision:
         return x.to(self.dtype) if self.cast_weights else x
 
 
+def to_nchw_float(t: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """An fp32, NCHW-contiguous copy of a feature map, in one pass.
+
+    On the CPU torch's strided copy transposes a whole channels_last map at about 1 GB/s; copying it in
+    blocks of ``rows`` pixels (a few MB, cache-sized) gives the same bits about 2.5x faster, which is
+    half a second per image for the FPN maps at 3840x2304.
+    """
+    if t.device.type != "cpu" or t.dim() != 4 or t.is_contiguous() \
+            or not t.is_contiguous(memory_format=torch.channels_last):
+        return t.to(torch.float32, memory_format=torch.contiguous_format)
+    n, c, h, w = t.shape
+    src = t.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    out = torch.empty((n, c, h * w), dtype=torch.float32)
+    for i in range(0, h * w, rows):
+        out[:, :, i:i + rows].copy_(src[:, i:i + rows].transpose(1, 2))
+    return out.view(n, c, h, w)
+
+
 def to_float(obj: Any) -> Any:
     """Cast every floating tensor in a (nested) tuple/list back to fp32, for the fp32 parts."""
     if isinstance(obj, torch.Tensor):

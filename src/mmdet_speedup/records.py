@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
-BENCHMARK_VERSION = "1.1"
+BENCHMARK_VERSION = "1.2"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",
