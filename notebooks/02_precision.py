@@ -14,8 +14,9 @@
 # # Reduced precision
 #
 # The seed ran the model under fp16 on an RTX 3080's TensorCores: its backbone went from 24.87 ms to
-# 15.98 ms at 1333x800 (published figures). This CPU's counterpart is bf16 on AMX tiles. The levers, each a
-# stage choice of the same pipeline:
+# 15.98 ms at 1333x800 (published figures). A CPU's counterpart is bf16 on its matrix engine: AMX tiles on
+# Intel Sapphire Rapids, AVX-512 BF16 on AMD Zen 4. This run's CPU has {glue:text}`prec_engine`. The levers,
+# each a stage choice of the same pipeline:
 #
 # - `fp32`, `fp16` (CUDA autocast), `bf16` (autocast on the CPU or CUDA);
 # - `channels_last`: the memory layout oneDNN's and cuDNN's fast convolution kernels want;
@@ -110,6 +111,7 @@ book.show_table(agreement, 4)
 feat = table[S.BACKBONE] + table.get(S.NECK, 0)
 best = feat.drop("fp32").idxmin()
 book.glue("prec_low", low)
+book.glue("prec_engine", ms.records.matrix_engine(str(dev)))
 book.glue("prec_best", best)
 book.glue("prec_feat_speedup_best", float(feat["fp32"] / feat[best]))
 book.glue("prec_feat_speedup_autocast", float(feat["fp32"] / feat[low]))
@@ -134,7 +136,7 @@ _ = book.glue("prec_seed_backbone", float(s.loc["1333x800", "seed backbone speed
 #   fp32, with channels_last {glue:text}`prec_feat_speedup_cl:.2f`x, and the best row here
 #   (**{glue:text}`prec_best`**) {glue:text}`prec_feat_speedup_best:.2f`x. The seed's fp16 backbone (with
 #   the neck inside) was {glue:text}`prec_seed_backbone:.2f`x on its GPU (published figure).
-# - On a CPU, reduced precision without channels_last buys little: oneDNN's AMX convolutions want NHWC,
+# - On a CPU, reduced precision without channels_last buys little: oneDNN's bf16 convolutions want NHWC,
 #   and autocast re-casts around every BatchNorm. Folding BatchNorm and keeping the whole backbone in the
 #   reduced dtype remove most of what autocast leaves behind.
 # - The whole model gains {glue:text}`prec_total_speedup_best:.2f`x: the RoI heads, NMS and RoIAlign

@@ -151,3 +151,28 @@ def test_book_start_records_resolved_device_and_params(tmp_path, monkeypatch, ca
     assert rec.run_id in capsys.readouterr().out
     with pytest.raises(KeyError):
         book.start("99_test", device="cpu")  # threads is required
+
+
+def test_git_sha_ignores_the_run_outputs_but_not_code(tmp_path, monkeypatch):
+    import subprocess
+
+    from mmdet_speedup import records
+
+    def git(*a):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for rel in ("src.py", "book/executed/01.ipynb", "data/results/01.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("a")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)
+    clean = records.git_sha()
+    assert clean != "unknown" and not clean.endswith("-dirty")
+    (tmp_path / "book/executed/01.ipynb").write_text("b")
+    (tmp_path / "data/results/01.csv").write_text("b")
+    assert records.git_sha() == clean
+    (tmp_path / "src.py").write_text("b")
+    assert records.git_sha() == clean + "-dirty"

@@ -25,12 +25,17 @@ COLUMNS: tuple[str, ...] = (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+RUN_OUTPUTS = ("book/executed", "data/results", "tests/nbval")
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=5)
         sha = out.stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        # a study run rewrites its own outputs as it goes: they must not mark the code it ran as dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in RUN_OUTPUTS)], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -60,6 +65,18 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def matrix_engine(device: str = "cpu") -> str:
+    """What reduced precision runs on, in words: the hardware that decides whether bf16/fp16 pays."""
+    if str(device).startswith("cuda"):
+        return f"TensorCores ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "no CUDA device"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX tiles (amx_bf16)"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16 instructions (avx512_bf16) but no AMX tiles"
+    return "no bf16 instructions (bf16 is emulated, expect no gain)"
 
 
 def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
