@@ -11,14 +11,14 @@ from .equivalence import compare, relative_error
 from .masks import RawMasks
 from .models import check_two_stage, clone
 from .pipeline import STOCK, Choices, Detections, ImageLike, StagedPipeline, load_image
-from .records import cpu_flags
+from .records import cpu_has_bf16
 from .timing import resolve_device
 
 
 def default_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "fp16"
-    return "bf16" if any(f.startswith(("amx_bf16", "avx512_bf16")) for f in cpu_flags()) else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 class Predictor:

@@ -79,6 +79,11 @@ def matrix_engine(device: str = "cpu") -> str:
     return "no bf16 instructions (bf16 is emulated, expect no gain)"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix math in hardware (AMX or AVX-512 BF16), as ``matrix_engine`` says."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
+
+
 def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import cv2
     import mmcv
