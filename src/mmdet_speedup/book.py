@@ -38,15 +38,18 @@ def default_images(n: int | None = None) -> list[str]:
 def start(notebook: str, **params: Any):
     """A chapter's set-up: thread count, device, and a recorder whose environment record holds ``params``.
 
-    ``params`` must include ``device`` and ``threads``; the resolved device is what gets recorded.
+    ``params`` must include ``device`` and ``threads``; the resolved device is what gets recorded. A parameter
+    of the wrong type or value (papermill passes whatever it is given) stops the chapter here, in one line.
     Returns ``(device, recorder)`` and prints the run id the chapter's rows carry.
     """
     import warnings
 
     import torch
 
+    from .checks import check_parameters
     from .timing import resolve_device
 
+    check_parameters(params)
     warnings.filterwarnings("ignore", category=UserWarning)  # mmdet's "checkpoint is None" and friends
     torch.set_num_threads(int(params["threads"]))
     dev = resolve_device(params["device"])
@@ -59,15 +62,29 @@ def recorder(notebook: str, params: Mapping[str, Any], name: str | None = None) 
     return Recorder(results_dir() / f"{name or notebook}.csv", notebook=notebook, params=params)
 
 
+def unfinished_runs(results: Path | None = None) -> set[str]:
+    """Run ids the study runner's ledger (``runs.csv``) marks failed or interrupted: their rows stay, unused."""
+    path = (results or results_dir()) / "runs.csv"
+    if not path.is_file():
+        return set()
+    runs = pd.read_csv(path)
+    return set(runs.loc[runs["status"].isin(["failed", "interrupted"]), "run_id"])
+
+
 def load_rows(recorder_or_path, run_id: str | None = None, name: str | None = None) -> pd.DataFrame:
-    """The rows of one run, read back from the CSV (what the charts and the prose use)."""
+    """The rows of one run, read back from the CSV (what the charts and the prose use).
+
+    Without a run id: every run's rows except those of runs that failed or were interrupted.
+    """
     if isinstance(recorder_or_path, Recorder):
         path = recorder_or_path.path if name is None else recorder_or_path.path.with_name(f"{name}.csv")
         run_id = run_id or recorder_or_path.run_id
     else:
         path = Path(recorder_or_path)
     df = pd.read_csv(path, keep_default_na=True, low_memory=False)
-    return df[df["run_id"] == run_id].reset_index(drop=True) if run_id else df
+    if run_id:
+        return df[df["run_id"] == run_id].reset_index(drop=True)
+    return df[~df["run_id"].isin(unfinished_runs(Path(path).parent))].reset_index(drop=True)
 
 
 def environment_table(run_id: str) -> pd.DataFrame:

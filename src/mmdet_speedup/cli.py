@@ -5,10 +5,19 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
+from typing import Callable
 
+from . import checks
 from .records import REPO_ROOT
 
 DEFAULT_IMAGE = REPO_ROOT / "data" / "images" / "coffee.jpg"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        if message.endswith("expected one argument"):  # e.g. --scale -5x3: argparse takes "-5x3" for an option
+            message += " (a value that starts with '-' is written --option=VALUE)"
+        self.exit(2, f"error: {message}\n")
 
 
 def _list(text: str | None, cast=str) -> list:
@@ -17,50 +26,108 @@ def _list(text: str | None, cast=str) -> list:
     return [cast(v.strip()) for v in str(text).split(",") if v.strip()]
 
 
+def _typed(cast: Callable, name: str) -> Callable:
+    """An argparse type for a comma list, each item checked by ``cast``; argparse prints the one-line error."""
+    def parse(text: str) -> str:
+        try:
+            if not _list(text, cast):
+                raise checks.InputError(f"{name} is empty")
+        except checks.InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    parse.__name__ = name
+    return parse
+
+
+def _options(options: tuple[str, ...], name: str) -> Callable:
+    return _typed(lambda v: checks.choice(v, options, name), name)
+
+
+def _count(name: str, minimum: int = 1) -> Callable:
+    def parse(text: str) -> int:
+        try:
+            return checks.count(text, name, minimum)
+        except checks.InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmdet_speedup", description=__doc__)
+    from .masks import MASK_VARIANTS
+    from .precision import PRECISIONS
+    from .preprocess import PREPROCESS_VARIANTS
+    from .roi_align import ROI_ALIGN_IMPLS
+
+    p = _Parser(prog="python -m mmdet_speedup", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("profile", help="time every stage of a two-stage detector, per variant")
     q.add_argument("config", help="config path or mmdet packaged config name, e.g. mask-rcnn_r50_fpn_1x_coco")
     q.add_argument("--checkpoint", help="real weights (default: conditioned random weights)")
     q.add_argument("--image", nargs="+", default=None, help=f"image paths (default: {DEFAULT_IMAGE.name})")
-    q.add_argument("--input-size", default=None, help="resize the photo to WxH before the pipeline (comma list ok)")
-    q.add_argument("--scale", default="1333x800", help="the model's test scale WxH (comma list ok)")
+    q.add_argument("--input-size", default=None, type=_typed(checks.size, "input size"),
+                   help="resize the photo to WxH before the pipeline (comma list ok)")
+    q.add_argument("--scale", default="1333x800", type=_typed(checks.size, "scale"),
+                   help="the model's test scale WxH (comma list ok)")
     q.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    q.add_argument("--threads", type=int, default=None)
-    q.add_argument("--repeats", type=int, default=3)
-    q.add_argument("--warmup", type=int, default=1)
-    q.add_argument("--dets", default="100", help="detections per image (max_per_img; comma list ok)")
-    q.add_argument("--rpn-pre-nms", default=None, help="RPN top-N before NMS (comma list ok)")
-    q.add_argument("--preprocess", default="stock", help="legacy,stock,device,auto")
-    q.add_argument("--precision", default="fp32", help="fp32,fp16,bf16,fp16-weights,bf16-weights")
-    q.add_argument("--masks", default="full", help="full,legacy,box,raw")
+    q.add_argument("--threads", type=_count("threads"), default=None)
+    q.add_argument("--repeats", type=_count("repeats"), default=3)
+    q.add_argument("--warmup", type=_count("warmup", 0), default=1)
+    q.add_argument("--dets", default="100", type=_typed(lambda v: checks.count(v, "dets"), "dets"),
+                   help="detections per image (max_per_img; comma list ok)")
+    q.add_argument("--rpn-pre-nms", default=None, type=_typed(lambda v: checks.count(v, "rpn-pre-nms"), "rpn-pre-nms"),
+                   help="RPN top-N before NMS (comma list ok)")
+    q.add_argument("--preprocess", default="stock", type=_options(PREPROCESS_VARIANTS, "preprocess"),
+                   help=",".join(PREPROCESS_VARIANTS))
+    q.add_argument("--precision", default="fp32", type=_options(PRECISIONS, "precision"), help=",".join(PRECISIONS))
+    q.add_argument("--masks", default="full", type=_options(MASK_VARIANTS, "masks"), help=",".join(MASK_VARIANTS))
     q.add_argument("--channels-last", action="store_true")
     q.add_argument("--fold-bn", action="store_true")
-    q.add_argument("--roi-align", default="mmcv", help="mmcv,torchvision,threaded")
+    q.add_argument("--roi-align", default="mmcv", type=_options(ROI_ALIGN_IMPLS, "roi-align"),
+                   help=",".join(ROI_ALIGN_IMPLS))
     q.add_argument("--compile", action="store_true", help="TorchInductor for backbone and neck (compiles on warm-up)")
     q.add_argument("--rle", action="store_true", help="also time a consumer that RLE-encodes every mask")
     q.add_argument("--out", default=None, help="append tidy rows to this CSV")
+    q.add_argument("--traceback", action="store_true", help="show the full traceback of an unexpected error")
     return p
 
 
-def profile(args) -> int:
+def check(args) -> list[str]:
+    """Everything the user gave that can be checked before any work; returns the images."""
+    from .models import load_config
+    from .pipeline import load_image
+    from .timing import resolve_device
+
+    load_config(args.config)  # an unknown config or a detector the pipeline cannot split: one line
+    if args.checkpoint is not None:
+        checks.checkpoint_file(args.checkpoint)
+    try:
+        dev = resolve_device(args.device)
+    except ValueError as e:
+        raise checks.InputError(str(e)) from None
+    if dev.type != "cuda" and any(p.startswith("fp16") for p in _list(args.precision)):
+        raise checks.InputError("fp16 needs CUDA (TensorCores); on the CPU use bf16")
+    if args.out and Path(args.out).is_dir():
+        raise checks.InputError(f"--out {args.out} is a directory; give a CSV file path")
+    images = args.image or [str(DEFAULT_IMAGE)]
+    for im in images:
+        load_image(checks.image_file(im))
+    return images
+
+
+def profile(args, state: dict) -> int:
     import pandas as pd
 
-    from .models import Workload, build_detector, config_path, parse_size
+    from .models import Workload, build_detector, parse_size
     from .pipeline import Choices
     from .profiler import Profiler, prepare_inputs, stage_gap, stage_table
     from .records import Recorder
 
-    config_path(args.config)  # fail early, one line
-    images = args.image or [str(DEFAULT_IMAGE)]
-    for im in images:
-        if not Path(im).is_file():
-            raise FileNotFoundError(f"image not found: {im}")
+    images = check(args)
     choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra, args.compile)
                for pp, pr, m, ra in itertools.product(_list(args.preprocess), _list(args.precision), _list(args.masks),
                                                       _list(args.roi_align))]
     recorder = Recorder(args.out, notebook="cli", params=vars(args)) if args.out else None
+    state["recorder"] = recorder
     frames = []
     for scale, dets, pre in itertools.product(_list(args.scale, parse_size), _list(args.dets, int),
                                               _list(args.rpn_pre_nms, int)):
@@ -92,15 +159,30 @@ def profile(args) -> int:
     return 1 if len(ok) == 0 else 0
 
 
+def interrupted(recorder) -> str:
+    if recorder is None:
+        return "interrupted: no rows kept (no --out given)"
+    return (f"interrupted: {recorder.rows_written} rows written to {recorder.path} under run id "
+            f"{recorder.run_id}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    state: dict = {}
     try:
-        return profile(args)
+        return profile(args, state)
     except KeyboardInterrupt:
+        print(interrupted(state.get("recorder")), file=sys.stderr)
         return 130
-    except Exception as e:  # one line, not a traceback
-        print(f"error: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+    except checks.InputError as e:  # the user's input: one line that says what is wrong
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
+    except Exception as e:  # ours or mmdet's: no internal text unless asked for
+        if args.traceback:
+            raise
+        print(f"error: unexpected {type(e).__name__} (not a problem with your input); re-run with --traceback "
+              "to see where", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

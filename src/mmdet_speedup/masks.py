@@ -167,18 +167,22 @@ def masks_nbytes(masks) -> int:
 def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict):
     """Turn one image's mask logits (N x C x M x M) into the variant's output; boxes come back rescaled.
 
+    A cascade hands over its stages' averaged probabilities instead of logits (mmdet's ``activate_map``).
     Returns (results with rescaled ``bboxes``, masks). ``full`` runs mmdet's own code, unchanged.
     """
+    from .cascade import final, is_cascade
+
     if variant not in MASK_VARIANTS:
         raise ValueError(f"unknown masks variant {variant!r}; choose from {', '.join(MASK_VARIANTS)}")
     cfg = roi_head.test_cfg
+    head, activated = final(roi_head.mask_head), is_cascade(roi_head)
     if variant in ("full", "legacy"):
-        results = roi_head.mask_head.predict_by_feat(
+        results = head.predict_by_feat(
             mask_preds=(mask_preds,), results_list=[results], batch_img_metas=[meta], rcnn_test_cfg=cfg,
-            rescale=True)[0]
+            rescale=True, activate_map=activated)[0]
         if variant == "full":
             return results, results.masks.cpu()
-        return results, _legacy(results.masks, results.labels.cpu(), roi_head.mask_head.num_classes)
+        return results, _legacy(results.masks, results.labels.cpu(), head.num_classes)
     h, w = meta["ori_shape"][:2]
     bboxes = results.bboxes
     scale = bboxes.new_tensor(meta["scale_factor"]).repeat((1, 2))
@@ -186,10 +190,10 @@ def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict)
     n = len(results)
     if n == 0:
         probs = mask_preds.new_zeros((0, 1) + tuple(mask_preds.shape[-2:]))
-    elif roi_head.mask_head.class_agnostic:
-        probs = mask_preds.sigmoid()
     else:
-        probs = mask_preds[torch.arange(n, device=mask_preds.device), results.labels][:, None].sigmoid()
+        probs = mask_preds if head.class_agnostic else mask_preds[torch.arange(n, device=mask_preds.device),
+                                                                  results.labels][:, None]
+        probs = probs if activated else probs.sigmoid()
     probs = probs.float()
     if variant == "raw":
         return results, RawMasks(probs.cpu(), results.bboxes.cpu(), (h, w), float(cfg.mask_thr_binary))

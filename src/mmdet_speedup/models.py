@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from .checks import InputError, checkpoint_file, size
 from .timing import resolve_device
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(InputError):
     """The detector cannot be split into the study's stages (e.g. a one-stage detector)."""
 
 
@@ -55,15 +57,10 @@ def fmt_size(size: tuple[int, int] | None) -> str:
 
 
 def parse_size(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"WxH"`` as positive integers; ``None`` or ``""`` means "keep" (no resize, the config's scale)."""
     if text is None or text == "":
         return None
-    if isinstance(text, (tuple, list)):
-        return int(text[0]), int(text[1])
-    try:
-        w, h = str(text).lower().split("x")
-        return int(w), int(h)
-    except ValueError as e:
-        raise ValueError(f"size must look like WxH (e.g. 1333x800), got {text!r}") from e
+    return size(text)
 
 
 def config_path(config: str | os.PathLike) -> Path:
@@ -76,7 +73,7 @@ def config_path(config: str | os.PathLike) -> Path:
     name = p.name if p.suffix == ".py" else p.name + ".py"
     hits = sorted(root.rglob(name))
     if not hits:
-        raise FileNotFoundError(f"unknown config {str(config)!r}: not a file and not one of mmdet's packaged configs")
+        raise InputError(f"unknown config {str(config)!r}: not a file and not one of mmdet's packaged configs")
     return hits[0]
 
 
@@ -84,6 +81,7 @@ def load_config(config: str | os.PathLike, workload: Workload | None = None):
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path(config)))
+    check_config(cfg)
     cfg.model.backbone.init_cfg = None  # no ImageNet download: random init
     if workload is not None:
         apply_workload(cfg, workload)
@@ -115,13 +113,94 @@ def _test_pipeline(cfg) -> list:
     return cfg.get("test_pipeline", [])
 
 
-def check_two_stage(model) -> None:
+# -- what the staged pipeline can split ----------------------------------------------------------------------
+#: RoI heads whose test-time forward is StandardRoIHead's or CascadeRoIHead's (the others only change training).
+ROI_HEADS = ("StandardRoIHead", "CascadeRoIHead", "DynamicRoIHead", "PISARoIHead")
+#: Why the other RoI heads are refused: each changes the test-time forward the pipeline re-states.
+ROI_HEAD_REASONS = {
+    "HybridTaskCascadeRoIHead": "interleaves its box and mask stages and adds a semantic branch",
+    "SCNetRoIHead": "interleaves its box and mask stages and adds semantic and glbctx branches",
+    "PointRendRoIHead": "refines each mask by point sampling after the mask head",
+    "MaskScoringRoIHead": "rescores masks with a MaskIoU head",
+    "GridRoIHead": "locates boxes with a grid head instead of box regression",
+    "DoubleHeadRoIHead": "runs separate conv and fc heads for boxes and classes",
+    "TridentRoIHead": "merges the detections of three branches",
+    "MultiInstanceRoIHead": "predicts several instances per RoI",
+    "SparseRoIHead": "refines a learned set of queries, not RPN proposals",
+}
+
+
+def _refusal(detector: type, rpn: type | None, roi: type | None, bbox: list[type], mask: list[type]) -> str | None:
+    """Why the pipeline cannot split this detector, or None when it can (the classes as built or configured)."""
     from mmdet.models.detectors import TwoStageDetector
 
-    if not isinstance(model, TwoStageDetector) or not getattr(model, "with_rpn", False):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is not a two-stage detector with an RPN; the study splits "
-            "two-stage detectors (Faster/Mask R-CNN, FPN or C4) into stages")
+    name = detector.__name__
+    if not issubclass(detector, TwoStageDetector):
+        return (f"{name} is not a two-stage detector; the study splits two-stage detectors with an RPN "
+                "(Faster/Mask R-CNN, FPN or C4, Cascade (Mask) R-CNN)")
+    for method in ("predict", "extract_feat"):
+        if getattr(detector, method) is not getattr(TwoStageDetector, method):
+            return f"{name} overrides {method}(), which the staged pipeline re-states from TwoStageDetector"
+    if rpn is None:
+        return f"{name} has no RPN head: there are no proposals to time"
+    if rpn.__name__ == "EmbeddingRPNHead":
+        return (f"{name} is query-based: its EmbeddingRPNHead learns a fixed set of proposal boxes, so there is no "
+                "RPN stage to split")
+    if rpn.__name__ != "RPNHead":
+        return f"{name}'s RPN head {rpn.__name__} is not split by the pipeline (supported: RPNHead)"
+    if roi is None or roi.__name__ not in ROI_HEADS:
+        why = ROI_HEAD_REASONS.get(getattr(roi, "__name__", ""), "changes the RoI forward the pipeline re-states")
+        return (f"{name}'s RoI head {getattr(roi, '__name__', None)} {why}; supported: StandardRoIHead, "
+                "CascadeRoIHead")
+    for b in bbox:
+        if b.__name__ == "SABLHead":
+            return f"{name}'s box head SABLHead regresses boxes by buckets, which the pipeline does not split"
+    for m in mask:
+        if m.__name__ != "FCNMaskHead":
+            return f"{name}'s mask head {m.__name__} is not split by the pipeline (supported: FCNMaskHead)"
+    return None
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple, torch.nn.ModuleList)) else [x]
+
+
+def check_config(cfg) -> None:
+    """Refuse, from the config alone (before building anything), a detector the pipeline cannot split."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+
+    def cls(spec):
+        if not spec:
+            return None
+        found = MODELS.get(spec["type"]) if isinstance(spec.get("type"), str) else spec.get("type")
+        return found if isinstance(found, type) else None
+
+    m = cfg.model
+    detector = cls(m)
+    if detector is None:
+        raise UnsupportedModelError(f"unknown model type {m.get('type')!r}")
+    roi = m.get("roi_head") or {}
+    why = _refusal(detector, cls(m.get("rpn_head")), cls(roi) if roi else None,
+                   [c for c in map(cls, _as_list(roi.get("bbox_head"))) if c],
+                   [c for c in map(cls, _as_list(roi.get("mask_head"))) if c])
+    if why:
+        raise UnsupportedModelError(why)
+
+
+def check_two_stage(model) -> None:
+    """Refuse a built model the pipeline cannot split, naming its class and why."""
+    roi = getattr(model, "roi_head", None)
+    why = _refusal(type(model), type(getattr(model, "rpn_head", None)) if getattr(model, "with_rpn", False) else None,
+                   type(roi) if roi is not None else None,
+                   [type(b) for b in _as_list(getattr(roi, "bbox_head", None))],
+                   [type(h) for h in _as_list(getattr(roi, "mask_head", None))])
+    if why:
+        raise UnsupportedModelError(why)
 
 
 def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, device: str = "auto",
@@ -132,6 +211,8 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
 
     register_all_modules()
     dev = resolve_device(device)
+    if checkpoint is not None:
+        checkpoint_file(checkpoint)
     cfg = load_config(config, workload)
     if conditioning is not None and checkpoint is None:
         torch.manual_seed(conditioning.seed)
@@ -142,7 +223,13 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
     # init_detector warns "use COCO classes by default" without a checkpoint; mmengine re-enables warnings
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        model = init_detector(cfg, checkpoint=checkpoint, device=str(dev))
+        try:
+            model = init_detector(cfg, checkpoint=checkpoint, device=str(dev))
+        except Exception as e:
+            if checkpoint is None:
+                raise
+            raise InputError(f"could not load checkpoint {checkpoint} into {cfg.model.type}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     check_two_stage(model)
     model.eval()
     if checkpoint is None and conditioning is not None:
@@ -154,35 +241,56 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
 
 @torch.no_grad()
 def condition(model, c: Conditioning) -> None:
-    """Rescale the class and mask logit layers (see :class:`Conditioning`), calibrated on one synthetic image."""
+    """Rescale the class and mask logit layers (see :class:`Conditioning`), calibrated on one synthetic image.
+
+    A cascade averages its stages' class logits: each stage is first brought to unit std, then all by one
+    factor so the average has ``cls_logit_std``; the background bias is added to every stage (its mean).
+    Scaling a stage's logits does not change the classes its boxes are refined by (argmax).
+    """
     from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import bbox2roi
+
+    from .cascade import is_cascade, run_bbox_stages
 
     roi_head = model.roi_head
-    fc_cls = roi_head.bbox_head.fc_cls
+    cascade = is_cascade(roi_head)
+    heads = list(roi_head.bbox_head) if cascade else [roi_head.bbox_head]
     g = torch.Generator().manual_seed(c.seed)
     size = c.calibration_size
-    img = torch.randint(0, 256, (1, 3, size, size), generator=g).float().to(fc_cls.weight.device)
+    img = torch.randint(0, 256, (1, 3, size, size), generator=g).float().to(heads[0].fc_cls.weight.device)
     meta = dict(img_shape=(size, size), ori_shape=(size, size), scale_factor=(1.0, 1.0),
                 pad_shape=(size, size), batch_input_shape=(size, size))
-    sample = DetDataSample(metainfo=meta)
     norm = model.data_preprocessor
     x = model.extract_feat((img - norm.mean) / norm.std)
-    proposals = model.rpn_head.predict(x, [sample], rescale=False)
-    from mmdet.structures.bbox import bbox2roi
+    proposals = model.rpn_head.predict(x, [DetDataSample(metainfo=meta)], rescale=False)
     rois = bbox2roi([p.bboxes for p in proposals])
-    out = roi_head._bbox_forward(x, rois)
-    std = out["cls_score"].std().clamp_min(1e-12)
-    fc_cls.weight.mul_(c.cls_logit_std / std)
-    fc_cls.bias.mul_(c.cls_logit_std / std)
-    bg = roi_head.bbox_head.num_classes  # mmdet puts background last
-    if fc_cls.bias.numel() > bg:
-        fc_cls.bias[bg] += c.background_bias
+
+    logits: list[Tensor] = []
+
+    def bbox_forward(stage, feats, r):
+        out = roi_head._bbox_forward(stage, feats, r) if cascade else roi_head._bbox_forward(feats, r)
+        logits.append(out["cls_score"])
+        return out
+
+    if cascade:
+        run_bbox_stages(roi_head, x, rois, [meta], bbox_forward)
+    else:
+        bbox_forward(0, x, rois)
+    stds = [t.std().clamp_min(1e-12) for t in logits]
+    mean_std = float(sum(t / s for t, s in zip(logits, stds)).div(len(logits)).std()) if cascade else 1.0
+    for head, s in zip(heads, stds):
+        head.fc_cls.weight.mul_(c.cls_logit_std / (s * mean_std))
+        head.fc_cls.bias.mul_(c.cls_logit_std / (s * mean_std))
+        bg = head.num_classes  # mmdet puts background last
+        if head.fc_cls.bias.numel() > bg:
+            head.fc_cls.bias[bg] += c.background_bias
     if getattr(roi_head, "with_mask", False):
-        logits = roi_head.mask_head.conv_logits
-        m = roi_head._mask_forward(x, rois[:64])["mask_preds"]
-        mstd = m.std().clamp_min(1e-12)
-        logits.weight.mul_(c.mask_logit_std / mstd)
-        logits.bias.mul_(c.mask_logit_std / mstd)
+        mask_heads = list(roi_head.mask_head) if cascade else [roi_head.mask_head]
+        for stage, head in enumerate(mask_heads):
+            fwd = roi_head._mask_forward(stage, x, rois[:64]) if cascade else roi_head._mask_forward(x, rois[:64])
+            mstd = fwd["mask_preds"].std().clamp_min(1e-12)
+            head.conv_logits.weight.mul_(c.mask_logit_std / mstd)
+            head.conv_logits.bias.mul_(c.mask_logit_std / mstd)
 
 
 def set_workload(model, *, dets_per_image: int | None = None, rpn_pre_nms: int | None = None,

@@ -5,6 +5,7 @@ with the stock choices it returns the same detections as ``model.test_step``.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,8 @@ import torch
 from torch import Tensor
 
 from . import stages as S
+from .cascade import final, is_cascade, merged_mask_probs, run_bbox_stages
+from .checks import InputError
 from .masks import MASK_VARIANTS, full_masks, postprocess
 from .models import check_two_stage
 from .precision import PRECISIONS, Precision, apply, to_float, to_nchw_float
@@ -28,7 +31,7 @@ from .timing import NullTimer, resolve_device
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     pass
 
 
@@ -179,6 +182,7 @@ class StagedPipeline:
             compile_features(model, self.device)
         self.pre = make_preprocessor(choices.preprocess, model, self.device)
         self.with_mask = bool(getattr(model.roi_head, "with_mask", False))
+        self.cascade = is_cascade(model.roi_head)
         self._capture: list | None = None
         if not self.with_mask and choices.masks != "full":
             raise ValueError(f"masks={choices.masks!r} needs a model with a mask head "
@@ -224,11 +228,11 @@ class StagedPipeline:
             # slower on it. One copy per map (dtype and layout together), charged here: at 3840x2304 converting
             # the FPN maps is no rounding error.
             x = tuple(to_nchw_float(t) for t in x)
-            results = self._predict_bbox(x, metas, proposals)[0]
+            results = self._predict_bbox(x, metas, proposals, timer)[0]
         masks = None
         if self.with_mask:
             with timer.stage(S.ROI_MASK):
-                mask_preds = self._mask_forward(x, results)
+                mask_preds = self._mask_forward(x, results, metas[0], timer)
             if self._capture is not None:
                 self._capture.append((mask_preds, clone_instances(results), metas[0]))
             with timer.stage(S.MASK_POSTPROCESS):
@@ -248,31 +252,50 @@ class StagedPipeline:
         finally:
             self._capture = None
 
-    def _predict_bbox(self, x, metas, proposals):
-        """``StandardRoIHead.predict_bbox`` with the head forward under autocast and the rest in fp32."""
+    def _head(self, kind: str, parent: str, timer):
+        """One RoI head forward, under autocast and cast back to fp32; a cascade stage gets its own range."""
+        rh, prec = self.model.roi_head, self.precision
+        fwd = rh._bbox_forward if kind == "bbox" else rh._mask_forward
+        keys = ("cls_score", "bbox_pred") if kind == "bbox" else ("mask_preds",)
+
+        def forward(stage: int, x, rois) -> dict:
+            with timer.stage(S.cascade_stage(parent, stage)) if self.cascade else contextlib.nullcontext():
+                with prec.autocast():
+                    out = fwd(stage, x, rois) if self.cascade else fwd(x, rois)
+                return {k: to_float(out[k]) for k in keys}
+        return forward
+
+    def _predict_bbox(self, x, metas, proposals, timer):
+        """``predict_bbox`` (standard or cascade) with the head forwards under autocast and the rest in fp32."""
         from mmdet.structures.bbox import bbox2roi
 
         rh = self.model.roi_head
         rois = bbox2roi([p.bboxes for p in proposals])
         if rois.shape[0] == 0:
             return rh.predict_bbox(x, metas, proposals, rcnn_test_cfg=rh.test_cfg, rescale=not self.with_mask)
-        with self.precision.autocast():
-            out = rh._bbox_forward(x, rois)
-        cls_score, bbox_pred = to_float(out["cls_score"]), to_float(out["bbox_pred"])
-        n = tuple(len(p) for p in proposals)
-        return rh.bbox_head.predict_by_feat(
-            rois=rois.split(n, 0), cls_scores=cls_score.split(n, 0), bbox_preds=bbox_pred.split(n, 0),
-            batch_img_metas=metas, rcnn_test_cfg=rh.test_cfg, rescale=not self.with_mask)
+        forward = self._head("bbox", S.ROI_BBOX, timer)
+        if self.cascade:
+            rois, cls_scores, bbox_preds = run_bbox_stages(rh, x, rois, metas, forward)
+        else:
+            out = forward(0, x, rois)
+            n = tuple(len(p) for p in proposals)
+            rois, cls_scores, bbox_preds = rois.split(n, 0), out["cls_score"].split(n, 0), out["bbox_pred"].split(n, 0)
+        return final(rh.bbox_head).predict_by_feat(
+            rois=rois, cls_scores=cls_scores, bbox_preds=bbox_preds, batch_img_metas=metas,
+            rcnn_test_cfg=rh.test_cfg, rescale=not self.with_mask)
 
-    def _mask_forward(self, x, results) -> Tensor:
+    def _mask_forward(self, x, results, meta: dict, timer) -> Tensor:
+        """Mask logits (N x C x M x M); a cascade's stages averaged as probabilities, as mmdet does."""
         from mmdet.structures.bbox import bbox2roi
 
         rh = self.model.roi_head
         rois = bbox2roi([results.bboxes])
         if rois.shape[0] == 0:
-            return x[0].new_zeros((0, rh.mask_head.num_classes, 1, 1))
-        with self.precision.autocast():
-            return to_float(rh._mask_forward(x, rois)["mask_preds"])
+            return x[0].new_zeros((0, final(rh.mask_head).num_classes, 1, 1))
+        forward = self._head("mask", S.ROI_MASK, timer)
+        if self.cascade:
+            return merged_mask_probs(rh, x, rois, meta, forward)
+        return forward(0, x, rois)["mask_preds"]
 
 
 def stock_test_step(model, image: ImageLike) -> Detections:

@@ -122,7 +122,9 @@ class Recorder:
                  params: Mapping[str, Any] | None = None, env_dir: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.notebook = notebook
-        self.run_id = run_id or new_run_id()
+        # the study runner names the run (MMDET_SPEEDUP_RUN_ID) so its ledger can mark a failed run's rows
+        self.run_id = run_id or os.environ.get("MMDET_SPEEDUP_RUN_ID") or new_run_id()
+        self.rows_written = 0
         self.git_sha = git_sha()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _set_aside_if_other_columns(self.path, COLUMNS)
@@ -145,6 +147,7 @@ class Recorder:
                         "benchmark_version": BENCHMARK_VERSION, "notebook": self.notebook, "status": "ok"}
                 w.writerow({**base, **{k: v for k, v in r.items() if v is not None}})
             f.flush()
+        self.rows_written += len(rows)
         return len(rows)
 
 

@@ -24,8 +24,11 @@ def swap_roi_align(roi_head, impl: str) -> None:
         raise ValueError(f"unknown roi_align {impl!r}; choose from {', '.join(ROI_ALIGN_IMPLS)}")
     if impl == "mmcv":
         return
+    extractors = []
     for name in ("bbox_roi_extractor", "mask_roi_extractor"):
         ext = getattr(roi_head, name, None)
+        extractors += list(ext) if isinstance(ext, nn.ModuleList) else [ext]  # a cascade has one per stage
+    for ext in extractors:
         if ext is None or not hasattr(ext, "roi_layers"):
             continue
         layers = []

@@ -20,8 +20,18 @@ CONSUMER_RLE = "consumer.rle"
 STAGES: tuple[str, ...] = (
     LOAD, PREPROCESS, DATA_PREPROCESSOR, BACKBONE, NECK, RPN, ROI_BBOX, ROI_MASK, MASK_POSTPROCESS,
 )
+#: Cascade R-CNN's RoI stages that get their own range (mmdet's cascade configs have three).
+CASCADE_DEPTH = 3
+
+
+def cascade_stage(parent: str, index: int) -> str:
+    """The range of one cascade stage's head inside ``roi_bbox`` or ``roi_mask``: ``roi_bbox.stage1`` ..."""
+    return f"{parent}.stage{index + 1}"
+
+
 #: Recorded inside a parent stage; never added into the sum.
-NESTED: dict[str, str] = {RPN_NMS: RPN, ROI_BBOX_NMS: ROI_BBOX}
+NESTED: dict[str, str] = {RPN_NMS: RPN, ROI_BBOX_NMS: ROI_BBOX,
+                          **{cascade_stage(p, i): p for p in (ROI_BBOX, ROI_MASK) for i in range(CASCADE_DEPTH)}}
 ALL: tuple[str, ...] = STAGES + (TOTAL,) + tuple(NESTED) + (CONSUMER_RLE,)
 
 

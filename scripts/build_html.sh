@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the book's HTML offline, warnings as errors.
+#   scripts/build_html.sh          the study's book (book/executed/) -> _build/html
+#   scripts/build_html.sh quick    the quick look (_build/quick/book/executed/) -> _build/quick/_build/html
+# The quick look is its own small source tree (the book's pages and config, the CI-size executed notebooks),
+# so nothing of the study's book/executed/ is read or written.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/vendor_mathjax.sh >/dev/null
+JB=.venv/bin/jupyter-book
+if [[ ${1:-} == quick ]]; then
+  root=_build/quick
+  [[ -d $root/book/executed ]] || { echo "no quick look yet: run 'make book SIZE=ci'" >&2; exit 2; }
+  mkdir -p "$root/scripts"
+  cp _config.yml _toc.yml "$root/"
+  cp book/*.md "$root/book/"
+  cp scripts/chapter_status.py "$root/scripts/"
+  ln -sfn "$PWD/vendor" "$root/vendor"
+else
+  root=.
+fi
+rm -rf "$root/_build/html" "$root/_build/.doctrees"  # no stale pages or cached pages from an earlier build
+"$JB" build "$root" -W -n --keep-going --builder html
+echo "book: $root/_build/html/index.html"

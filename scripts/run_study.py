@@ -1,0 +1,326 @@
+"""Execute the chapters with papermill; a slow machine finishes late, a failed chapter never breaks the book.
+
+    run_study.py study [chapters...]   study size (notebooks/params/<name>.yml) -> book/executed/, rows -> data/results/
+    run_study.py quick [chapters...]   CI size -> _build/quick/book/executed/, rows -> _build/quick/results/
+    run_study.py ci [chapters...]      CI size -> tests/nbval/ (nbval references), rows -> a throw-away folder
+
+Each chapter runs in its own papermill process into a temporary file, moved into place only when the chapter
+succeeds: a failed or interrupted chapter leaves the previous executed copy as it was. A budget is a guide: a
+chapter that runs past it finishes and is reported; only the ceiling (CEILING_FACTOR x budget) stops it, and
+that is a failure like any other. Every chapter's outcome goes to ``<out>/status.json`` (the book shows a
+failure on the chapter's page) and to ``runs.csv`` beside the rows (a failed run's rows stay, marked by it).
+The exit status is non-zero when any chapter failed, after all chapters ran.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+#: Seconds a chapter is expected to take at study size on a 2-core machine (measured: see the README).
+BUDGETS = {"01_preprocess": 300, "02_precision": 400, "03_masks": 400, "04_nms": 900, "05_loading": 500,
+           "06_ladder": 3000}
+CI_BUDGET = 180
+CEILING_FACTOR = float(os.environ.get("CEILING_FACTOR", 4))
+OUT = {"study": ROOT / "book" / "executed", "quick": ROOT / "_build" / "quick" / "book" / "executed",
+       "ci": ROOT / "tests" / "nbval"}
+LEDGER_COLUMNS = ("run_id", "chapter", "size", "status", "seconds", "budget_s", "started", "git_sha",
+                  "benchmark_version", "message")
+
+
+class ParameterError(ValueError):
+    pass
+
+
+@dataclass
+class Outcome:
+    chapter: str
+    status: str  # ok | over budget | failed | interrupted
+    seconds: float
+    budget_s: float
+    run_id: str
+    started: str
+    size: str
+    message: str = ""
+    rerun: str = ""
+    failed_copy: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in ("ok", "over budget")
+
+
+# -- parameters ---------------------------------------------------------------------------------------------
+def defaults(chapter: str) -> dict:
+    """The chapter's parameters cell, as literal values (the types a parameter must keep)."""
+    src = (NOTEBOOKS / f"{chapter}.py").read_text()
+    lines, inside = [], False
+    for line in src.splitlines():
+        if line.startswith("# %%"):
+            if inside:
+                break
+            inside = 'tags=["parameters"]' in line
+            continue
+        if inside:
+            lines.append(line)
+    out = {}
+    for node in ast.parse("\n".join(lines)).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def _type_name(v) -> str:
+    return "none" if v is None else type(v).__name__
+
+
+def _same_kind(default, value) -> bool:
+    if default is None or value is None:
+        return True  # an optional parameter (checkpoint=None) takes a value, and a value may be cleared
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):
+        kinds = {_type_name(d) for d in default}
+        return isinstance(value, list) and (len(kinds) != 1 or all(_same_kind(default[0], v) for v in value))
+    return type(default) is type(value)
+
+
+def check_parameters(chapter: str, params: dict) -> None:
+    """A parameter the chapter does not have, or of another type than its default, stops before any work."""
+    known = defaults(chapter)
+    for name, value in params.items():
+        if name not in known:
+            raise ParameterError(f"{chapter}: no parameter {name!r} (it has: {', '.join(known)})")
+        if not _same_kind(known[name], value):
+            raise ParameterError(f"{chapter}: parameter {name} must be {_type_name(known[name])} like its default "
+                                 f"{known[name]!r}, got {_type_name(value)} {value!r}")
+
+
+def chapter_parameters(chapter: str, size: str, overrides: dict) -> dict:
+    params = {}
+    yml = NOTEBOOKS / "params" / f"{chapter}.yml"
+    if size == "study" and yml.is_file():
+        params.update(yaml.safe_load(yml.read_text()) or {})
+    params.update({k: v for k, v in overrides.items() if k in defaults(chapter)})
+    check_parameters(chapter, params)
+    return params
+
+
+def parse_overrides(pairs: list[list[str]]) -> dict:
+    return {name: yaml.safe_load(value) for name, value in pairs}
+
+
+# -- records ------------------------------------------------------------------------------------------------
+def write_status(out_dir: Path, outcome: Outcome) -> None:
+    """``status.json`` beside the executed notebooks: the book's build reads it to flag a failed chapter."""
+    path = out_dir / "status.json"
+    status = json.loads(path.read_text()) if path.is_file() else {}
+    status[outcome.chapter] = asdict(outcome)
+    path.write_text(json.dumps(dict(sorted(status.items())), indent=1) + "\n")
+
+
+def write_ledger(results: Path, outcome: Outcome, git_sha: str, version: str) -> None:
+    from mmdet_speedup.records import write_tidy
+
+    row = {**asdict(outcome), "seconds": round(outcome.seconds, 1), "git_sha": git_sha,
+           "benchmark_version": version}
+    write_tidy(results / "runs.csv", [row], LEDGER_COLUMNS)
+
+
+def error_line(notebook: Path, stderr: str) -> str:
+    """The error's last line: the failing cell's ``ename: evalue``, else papermill's last stderr line."""
+    try:
+        nb = json.loads(notebook.read_text())
+        for cell in nb.get("cells", []):
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "error":
+                    value = (o.get("evalue") or "").strip().splitlines()
+                    return f"{o.get('ename')}: {value[-1] if value else ''}".strip()
+    except (OSError, ValueError):
+        pass
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    return lines[-1] if lines else "papermill failed without a message"
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _stop(proc: subprocess.Popen) -> None:
+    """End papermill and its kernel (their own process group), politely first."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: dict, budget: float,
+                rerun: str) -> Outcome:
+    from mmdet_speedup.records import new_run_id
+
+    # In progress and failed copies live under _build/ (never parsed by the book), apart from ``out_dir``.
+    (ROOT / "_build").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{chapter}-", dir=ROOT / "_build"))
+    run_id = new_run_id()
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    tmp_nb = work / f"{chapter}.ipynb"
+    source = work / f"{chapter}.source.ipynb"
+    subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-q", "-o", str(source),
+                    str(NOTEBOOKS / f"{chapter}.py")], check=True)
+    params_file = work / f"{chapter}.params.yml"
+    params_file.write_text(yaml.safe_dump(params))
+    env = dict(os.environ, MMDET_SPEEDUP_RESULTS=str(results), MMDET_SPEEDUP_RUN_ID=run_id)
+    env.pop("MPLBACKEND", None)  # figures vanish from executed notebooks under Agg
+    cmd = [sys.executable, "-m", "papermill", str(source), str(tmp_nb), "-f", str(params_file), "--cwd",
+           str(NOTEBOOKS), "-k", "python3", "--no-progress-bar", "--log-level", "WARNING"]
+    ceiling = budget * CEILING_FACTOR
+    print(f"=== {chapter} ({size}, budget {budget:.0f} s, run {run_id})", flush=True)
+    t0 = time.monotonic()
+    # Its own session: Ctrl-C reaches this runner, which then stops papermill and says what it kept.
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    outcome = Outcome(chapter, "ok", 0.0, budget, run_id, started, size, rerun=rerun)
+    try:
+        try:
+            _, stderr = proc.communicate(timeout=ceiling)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            stderr = ""
+            outcome.status = "failed"
+            outcome.message = f"stopped at the ceiling of {ceiling:.0f} s ({CEILING_FACTOR:g} x the budget)"
+    except KeyboardInterrupt:
+        _stop(proc)
+        shutil.rmtree(work, ignore_errors=True)
+        outcome.status, outcome.seconds = "interrupted", time.monotonic() - t0
+        outcome.message = "interrupted (Ctrl-C)"
+        return outcome
+    outcome.seconds = time.monotonic() - t0
+    if outcome.status == "ok" and proc.returncode != 0:
+        outcome.status, outcome.message = "failed", error_line(tmp_nb, stderr)
+        sys.stderr.write(stderr[-4000:])
+    if outcome.succeeded:
+        shutil.move(tmp_nb, out_dir / f"{chapter}.ipynb")
+        if outcome.seconds > budget:
+            outcome.status = "over budget"
+            outcome.message = f"{chapter} took {outcome.seconds:.0f} s, budget {budget:.0f} s"
+    elif tmp_nb.exists():
+        failed = ROOT / "_build" / "failed" / size / f"{chapter}.ipynb"
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp_nb, failed)
+        outcome.failed_copy = str(failed.relative_to(ROOT))
+    shutil.rmtree(work, ignore_errors=True)
+    return outcome
+
+
+def placeholder(out_dir: Path, chapter: str) -> None:
+    """A page for a chapter that has never succeeded here, so the book still builds; the failure shows on it."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {chapter}\n\nThis chapter has no successful run in this folder "
+                                               "yet; the box above says what happened to the last one.")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(out_dir / f"{chapter}.ipynb"))
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    rows = [("chapter", "time", "budget", "status")]
+    for o in outcomes:
+        note = o.status if o.succeeded else f"{o.status}: {o.message}"
+        rows.append((o.chapter, f"{o.seconds:.0f} s", f"{o.budget_s:.0f} s", note))
+    rows.append(("total", f"{sum(o.seconds for o in outcomes):.0f} s",
+                 f"{sum(o.budget_s for o in outcomes):.0f} s", ""))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]}".rstrip() for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("size", choices=sorted(OUT))
+    p.add_argument("chapters", nargs="*", help="chapter names (default: every notebooks/0*.py)")
+    p.add_argument("--out", type=Path, help="folder for the executed notebooks (default: by size)")
+    p.add_argument("--results", type=Path, help="folder for the rows (default: by size)")
+    p.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a parameter for every chapter that has it (YAML value), e.g. -p threads 4")
+    p.add_argument("--budget", type=float, help="one budget in seconds for every chapter (default: per chapter)")
+    a = p.parse_args(argv)
+
+    chapters = a.chapters or sorted(f.stem for f in NOTEBOOKS.glob("0*.py"))
+    out_dir = (a.out or OUT[a.size]).resolve()
+    if a.results:
+        results = a.results.resolve()
+    elif a.size == "study":
+        results = Path(os.environ.get("MMDET_SPEEDUP_RESULTS") or ROOT / "data" / "results").resolve()
+    elif a.size == "quick":
+        results = out_dir.parents[1] / "results"
+    else:
+        results = Path(tempfile.mkdtemp(prefix="nbval-rows-"))
+    try:  # every chapter's parameters are checked before the first one runs
+        for c in chapters:
+            if not (NOTEBOOKS / f"{c}.py").is_file():
+                raise ParameterError(f"no such chapter: notebooks/{c}.py")
+        overrides = parse_overrides(a.p)
+        unknown = [k for k in overrides if not any(k in defaults(c) for c in chapters)]
+        if unknown:
+            raise ParameterError(f"no chapter has parameter(s) {', '.join(unknown)}")
+        params = {c: chapter_parameters(c, "study" if a.size == "study" else "ci", overrides) for c in chapters}
+    except (ParameterError, yaml.YAMLError, SyntaxError, ValueError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.mkdir(parents=True, exist_ok=True)
+
+    from mmdet_speedup.records import BENCHMARK_VERSION, git_sha
+
+    sha = git_sha()
+    print(f"study ({a.size}): {len(chapters)} chapter(s) -> {out_dir}, rows -> {results}, git {sha}", flush=True)
+    outcomes: list[Outcome] = []
+    for c in chapters:
+        budget = a.budget or (BUDGETS.get(c, 600) if a.size == "study" else CI_BUDGET)
+        extra = "".join(f" -p {k} {shlex.quote(json.dumps(v))}" for k, v in parse_overrides(a.p).items()
+                        if k in defaults(c))
+        rerun = f".venv/bin/python scripts/run_study.py {a.size} {c}{extra}"
+        o = run_chapter(c, a.size, out_dir, results, params[c], budget, rerun)
+        outcomes.append(o)
+        write_ledger(results, o, sha, BENCHMARK_VERSION)
+        if a.size != "ci":  # nbval references get neither a status file nor a placeholder to replay
+            write_status(out_dir, o)
+            if not (out_dir / f"{c}.ipynb").exists():
+                placeholder(out_dir, c)
+        if o.status == "interrupted":
+            print(f"\ninterrupted in {c} after {o.seconds:.0f} s: {out_dir / c}.ipynb is unchanged; the rows it "
+                  f"wrote stay in {results} under run {o.run_id}, marked interrupted in runs.csv", file=sys.stderr)
+            print(summary(outcomes), file=sys.stderr)
+            return 130
+        verdict = {"ok": "", "over budget": " (over budget)"}.get(o.status, f" FAILED: {o.message}")
+        print(f"=== {c} took {o.seconds:.0f} s, budget {budget:.0f} s{verdict}", flush=True)
+    print("\n" + summary(outcomes))
+    failed = [o.chapter for o in outcomes if not o.succeeded]
+    if failed:
+        print(f"\n{len(failed)} chapter(s) failed: {', '.join(failed)}. Their pages keep the previous run and say "
+              "so; re-run one with the command on its page.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
