@@ -211,7 +211,7 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
         _stop(proc)
         shutil.rmtree(work, ignore_errors=True)
         outcome.status, outcome.seconds = "interrupted", time.monotonic() - t0
-        outcome.message = "interrupted (Ctrl-C)"
+        outcome.message = "Ctrl-C"
         return outcome
     outcome.seconds = time.monotonic() - t0
     if outcome.status == "ok" and proc.returncode != 0:
