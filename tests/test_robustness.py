@@ -216,6 +216,20 @@ def test_cli_bad_input_is_one_line_before_any_work(tmp_path):
         assert not out.exists(), args  # nothing ran
 
 
+def test_cli_hides_internal_errors_unless_asked(monkeypatch, capsys):
+    from mmdet_speedup import cli
+
+    def boom(args, state):
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(cli, "profile", boom)
+    assert cli.main(["profile", "mask-rcnn_r50_fpn_1x_coco"]) == 3
+    err = capsys.readouterr().err
+    assert "internal detail" not in err and "unexpected KeyError" in err and "--traceback" in err
+    with pytest.raises(KeyError, match="internal detail"):
+        cli.main(["profile", "mask-rcnn_r50_fpn_1x_coco", "--traceback"])
+
+
 def test_cli_interrupt_says_what_it_kept(image, tmp_path):
     out = tmp_path / "rows.csv"
     p = subprocess.Popen([sys.executable, "-m", "mmdet_speedup", "profile", "mask-rcnn_r50_fpn_1x_coco", "--image",
