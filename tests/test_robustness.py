@@ -172,6 +172,7 @@ def test_rows_of_unfinished_runs_are_kept_but_not_read_back(tmp_path):
     ({"cases": ["1333x800"]}, "cases entries look like"),
     ({"device": "gpu"}, "unknown device"),
     ({"checkpoint": "/nonexistent.pth"}, "checkpoint not found"),
+    ({"config": 3}, "parameter config: must be a config name or path, got 3"),
 ])
 def test_chapter_parameters_are_checked(params, message):
     from mmdet_speedup import book

@@ -109,6 +109,10 @@ def _fractions(v: Any, name: str) -> Any:
     return v
 
 
+def _fail(message: str):
+    raise InputError(message)
+
+
 def _optional_checkpoint(v: Any, name: str) -> Any:
     return v if v is None else checkpoint_file(v)
 
@@ -116,7 +120,7 @@ def _optional_checkpoint(v: Any, name: str) -> Any:
 PARAMETER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "device": lambda v, n: choice(v, ("auto", "cpu", "cuda"), n),
     "checkpoint": _optional_checkpoint,
-    "config": lambda v, n: v if isinstance(v, str) and v else choice(v, (), n),
+    "config": lambda v, n: v if isinstance(v, str) and v else _fail(f"must be a config name or path, got {v!r}"),
     **{k: lambda v, n: size(v) for k in ("scale", "input_size", "input_for_dets")},
     "seed_case": lambda v, n: v if v in ("", None) else size(v),
     "input_sizes": _sizes,
