@@ -36,7 +36,7 @@ def failure_box(s: dict) -> nodes.Element:
     again += nodes.Text("Re-run it with ")
     again += nodes.literal(text=s["rerun"])
     again += nodes.Text(" then ")
-    again += nodes.literal(text="make html")
+    again += nodes.literal(text=s.get("rebuild") or "make html")
     again += nodes.Text("." + (f" The failed notebook is kept at {s['failed_copy']}." if s.get("failed_copy") else ""))
     box += again
     return box

@@ -59,6 +59,7 @@ class Outcome:
     size: str
     message: str = ""
     rerun: str = ""
+    rebuild: str = ""
     failed_copy: str = ""
 
     @property
@@ -199,7 +200,8 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
     t0 = time.monotonic()
     # Its own session: Ctrl-C reaches this runner, which then stops papermill and says what it kept.
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    outcome = Outcome(chapter, "ok", 0.0, budget, run_id, started, size, rerun=rerun)
+    outcome = Outcome(chapter, "ok", 0.0, budget, run_id, started, size, rerun=rerun,
+                      rebuild="bash scripts/build_html.sh quick" if size == "quick" else "make html")
     try:
         try:
             _, stderr = proc.communicate(timeout=ceiling)

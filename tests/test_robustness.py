@@ -97,6 +97,7 @@ def test_failed_chapter_keeps_the_previous_copy_and_the_book_builds(book_dir, tm
     assert s["status"] == "failed"
     assert s["message"] == "InputError: parameter threads: threads must be positive, got 0"
     assert s["rerun"].endswith(f"run_study.py quick {CHAPTER} -p threads 0")
+    assert s["rebuild"] == "bash scripts/build_html.sh quick"
     assert (out / f"{CHAPTER}.ipynb").read_bytes() == before
     assert (REPO / s["failed_copy"]).is_file() and not list(out.parent.rglob("*.failed.ipynb"))
     assert pd.read_csv(results / "runs.csv")["status"].tolist() == ["failed"]
