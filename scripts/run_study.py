@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import datetime as dt
+import functools
 import json
 import os
 import shlex
@@ -68,6 +70,7 @@ class Outcome:
 
 
 # -- parameters ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def defaults(chapter: str) -> dict:
     """The chapter's parameters cell, as literal values (the types a parameter must keep)."""
     src = (NOTEBOOKS / f"{chapter}.py").read_text()
@@ -104,8 +107,11 @@ def _same_kind(default, value) -> bool:
     return type(default) is type(value)
 
 
-def check_parameters(chapter: str, params: dict) -> None:
-    """A parameter the chapter does not have, or of another type than its default, stops before any work."""
+def check_types(chapter: str, params: dict) -> None:
+    """A parameter the chapter does not have, or of another type than its default, stops before any work.
+
+    Values (a positive count, a WxH size) are the chapter's own to check (``mmdet_speedup.checks``).
+    """
     known = defaults(chapter)
     for name, value in params.items():
         if name not in known:
@@ -121,7 +127,7 @@ def chapter_parameters(chapter: str, size: str, overrides: dict) -> dict:
     if size == "study" and yml.is_file():
         params.update(yaml.safe_load(yml.read_text()) or {})
     params.update({k: v for k, v in overrides.items() if k in defaults(chapter)})
-    check_parameters(chapter, params)
+    check_types(chapter, params)
     return params
 
 
@@ -275,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         results = Path(os.environ.get("MMDET_SPEEDUP_RESULTS") or ROOT / "data" / "results").resolve()
     elif a.size == "quick":
         results = out_dir.parents[1] / "results"
-    else:
+    else:  # nbval references: their rows are thrown away
         results = Path(tempfile.mkdtemp(prefix="nbval-rows-"))
+        atexit.register(shutil.rmtree, results, ignore_errors=True)
     try:  # every chapter's parameters are checked before the first one runs
         for c in chapters:
             if not (NOTEBOOKS / f"{c}.py").is_file():
@@ -299,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     for c in chapters:
         budget = a.budget or (BUDGETS.get(c, 600) if a.size == "study" else CI_BUDGET)
-        extra = "".join(f" -p {k} {shlex.quote(json.dumps(v))}" for k, v in parse_overrides(a.p).items()
-                        if k in defaults(c))
+        extra = "".join(f" -p {k} {shlex.quote(json.dumps(v))}" for k, v in overrides.items() if k in defaults(c))
         rerun = f".venv/bin/python scripts/run_study.py {a.size} {c}{extra}"
         o = run_chapter(c, a.size, out_dir, results, params[c], budget, rerun)
         outcomes.append(o)
