@@ -16,7 +16,7 @@ import torch
 
 import mmdet_speedup as ms
 from mmdet_speedup import book, stages as S
-from mmdet_speedup.loader import compare_loading
+from mmdet_speedup.loader import overlap_bound
 from mmdet_speedup.models import parse_size
 
 TARGETS = {"precision": ">= 4x (backbone+neck)", "masks raw vs legacy": ">= 50x at 3840x2304",
@@ -39,11 +39,11 @@ def main() -> None:
     dev = ms.resolve_device(a.device)
     scale, big, reps = ("480x320", "1280x768", 1) if a.quick else ("1333x800", "3840x2304", 3)
     rec = ms.Recorder(a.out or tempfile.mktemp(suffix=".csv"), notebook="benchmark", params=vars(a))
-    print(f"run {rec.run_id} on {dev} ({ms.records.cpu_model()}), threads {torch.get_num_threads()}")
+    print(f"run {rec.run_id} on {dev} ({ms.environment.cpu_model()}), threads {torch.get_num_threads()}")
     model = ms.build_detector("mask-rcnn_r50_fpn_1x_coco", device=str(dev),
                               workload=ms.Workload(scale=parse_size(scale), dets_per_image=100))
     images = book.default_images(1)
-    low = "fp16" if dev.type == "cuda" else "bf16"
+    low = ms.precision.studied(dev)  # named, not "auto": the benchmark compares it even where the CPU lacks bf16
     C = ms.Choices
     out = []
 
@@ -89,14 +89,11 @@ def main() -> None:
     for s in ("320x192", scale):
         m = ms.build_detector("mask-rcnn_r50_fpn_1x_coco", device=str(dev),
                               workload=ms.Workload(scale=parse_size(s), dets_per_image=100))
-        pred = ms.optimize(m, device=str(dev))
+        prof = ms.Profiler(m, device=str(dev), repeats=reps, warmup=1)
+        choices = ms.Choices.auto().resolve(dev, m)  # what optimize() picks
+        bound = overlap_bound(ms.stage_table(prof.run({"s": choices}, ms.prepare_inputs(images, scale))).iloc[0])
         stream = [x.data for x in ms.prepare_inputs(book.default_images(), scale)] * (2 if a.quick else 4)
-        st = ms.Profiler(m, device=str(dev), repeats=reps, warmup=1).run({"s": pred.choices}, ms.prepare_inputs(images, scale))
-        tt = ms.stage_table(st).iloc[0]
-        load = tt[S.LOAD] + tt[S.PREPROCESS] + tt[S.DATA_PREPROCESSOR]
-        bound = 1 / (1 - load / tt[S.TOTAL])
-        lr = pd.DataFrame(compare_loading(pred.pipeline, stream, passes=1 if a.quick else 2))
-        ips = lr.groupby("variant")["images_per_s"].median()
+        ips = prof.run_loading(choices, stream).groupby("variant")["images_per_s"].median()
         speed = ips["overlapped"] / ips["serial"]
         out.append({"optimization": "loading", "case": f"{scale}>{s}", "baseline": "serial", "variant": "overlapped",
                     "stages": "total", "baseline ms": 1e3 / ips["serial"], "variant ms": 1e3 / ips["overlapped"],

@@ -44,28 +44,18 @@ threads = 2
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 
 import mmdet_speedup as ms
 from mmdet_speedup import book
 from mmdet_speedup.preprocess import compare_inputs
 
-dev, rec = book.start("01_preprocess", device=device, config=config, checkpoint=checkpoint, scale=scale,
-                      input_sizes=input_sizes, seed_case=seed_case, n_images=n_images, repeats=repeats,
-                      warmup=warmup, threads=threads)
-images = book.default_images(n_images)
+ch = book.Chapter("01_preprocess", globals())
 VARIANTS = {v: ms.Choices(preprocess=v) for v in ("legacy", "stock", "device", "auto")}
 
 # %% tags=["nbval-ignore-output"]
-model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev), workload=ms.Workload(scale=ms.models.parse_size(scale)))
-cases = [(size, model) for size in input_sizes]
-if seed_case:
-    seed_model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev),
-                                   workload=ms.Workload(scale=ms.models.parse_size(seed_case)))
-    cases.append((seed_case, seed_model))
-for size, m in cases:
-    prof = ms.Profiler(m, device=str(dev), recorder=rec, repeats=repeats, warmup=warmup)
-    prof.run_preprocess(VARIANTS, ms.prepare_inputs(images, size))
+cases = [(size, scale) for size in input_sizes] + ([(seed_case, seed_case)] if seed_case else [])
+for size, model_scale in cases:
+    ch.profiler(ch.model(scale=model_scale)).run_preprocess(VARIANTS, ch.samples(size))
 
 # %% [markdown]
 # ## What each path costs, per input size
@@ -73,35 +63,13 @@ for size, m in cases:
 # process spent on it, and the bytes each path copies to the device.
 
 # %% tags=["nbval-ignore-output"]
-rows = book.load_rows(rec)
-ok = rows[rows["status"] == "ok"].copy()
-ok["case"] = ok["input_size"] + " > " + ok["scale"]
-keys = ["case", "variant", "repeat", "image"]
-wall = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="sum")
-cpu = ok.pivot_table(index=keys, columns="stage", values="cpu_ms", aggfunc="sum")
-per = pd.DataFrame({"pre_ms": wall["preprocess"] + wall["data_preprocessor"],
-                    "pre_cpu_ms": cpu["preprocess"] + cpu["data_preprocessor"], "load_ms": wall["load"]}).reset_index()
-summary = per.groupby(["case", "variant"], sort=False)[["pre_ms", "pre_cpu_ms", "load_ms"]].median()
-summary["MB copied"] = ok.groupby(["case", "variant"], sort=False)["bytes_copied"].median() / 2**20
-chosen = ok[ok["variant"] == "auto"].groupby("case")["chosen"].agg(lambda s: s.mode().iat[0])
-book.show_table(summary, 2)
-print("auto picked:", chosen.to_dict())
+summary = ms.profiler.preprocess_summary(ch.rows())
+book.show_table(summary.drop(columns=["megapixels", "scale"]), 2)
 
 # %%
-CASES = [f"{s} > {scale}" for s in input_sizes] + ([f"{seed_case} > {seed_case}"] if seed_case else [])
-wide = summary["pre_ms"].unstack("variant").reindex(CASES)
-order = [c for c in ["legacy", "stock", "device", "auto"] if c in wide.columns]
-wide = wide[order]
-mpix = {c: eval(c.split(" > ")[0].replace("x", "*")) / 1e6 for c in wide.index}
-usual = CASES[:len(input_sizes)]  # resized to the model's scale; the seed's case is in the table
-fig, ax = plt.subplots(figsize=(7, 4))
-for v in order:
-    ax.plot([mpix[c] for c in usual], wide.loc[usual, v], marker="o", label=v)
-ax.set_xscale("log"); ax.set_yscale("log")
-ax.set_xlabel("input megapixels (the decoded photo)"); ax.set_ylabel("preprocess + data_preprocessor, ms (median)")
-ax.set_title(f"Pre-processing cost on {dev.type}"); ax.grid(alpha=0.3, which="both"); ax.legend()
-for c in usual:
-    ax.annotate(c, (mpix[c], wide.loc[c].max()), fontsize=7, textcoords="offset points", xytext=(0, 6), ha="center")
+usual = summary[summary["scale"] == scale].reset_index()  # resized to the model's scale
+book.scaling_chart(usual, "megapixels", "pre_ms", "variant", title=f"Pre-processing cost on {ch.device.type}",
+                   xlabel="input megapixels (the decoded photo)", ylabel="preprocess + data_preprocessor, ms (median)")
 plt.show()
 
 # %% [markdown]
@@ -111,28 +79,20 @@ plt.show()
 # (one level is one unit of the 0-255 input):
 
 # %%
-img = ms.load_image(ms.prepare_inputs(images[:1], input_sizes[-1])[0].data)
-diffs = pd.DataFrame([compare_inputs(model, img, v, dev) for v in ("legacy", "device")]).set_index("variant")
-book.record_table(rec, "01_preprocess_inputs", diffs.reset_index())
+img = ms.load_image(ch.samples(input_sizes[-1], 1)[0].data)
+diffs = pd.DataFrame([compare_inputs(ch.model(), img, v, ch.device) for v in ("legacy", "device")]).set_index("variant")
+ch.record("01_preprocess_inputs", diffs.reset_index())
 book.show_table(diffs, 3)
 
 # %% tags=["nbval-ignore-output"]
-fastest = wide.idxmin(axis=1)
-big = usual[-1]
-book.glue("pre_big_case", big)
-book.glue("pre_fastest_big", fastest[big])
-book.glue("pre_legacy_over_stock_big", float(wide.loc[big, "legacy"] / wide.loc[big, "stock"]))
-book.glue("pre_device_over_best_big", float(wide.loc[big, "device"] / wide.loc[big].drop("auto").min()))
-book.glue("pre_auto_over_best_big", float(wide.loc[big, "auto"] / wide.loc[big].drop("auto").min()))
-book.glue("pre_device_max_levels", float(diffs.loc["device", "max_levels"]))
-book.glue("pre_device_mean_levels", float(diffs.loc["device", "mean_levels"]))
-book.glue("pre_copy_ratio", float(summary.loc[(big, "legacy"), "MB copied"] / summary.loc[(big, "device"), "MB copied"]))
-seed = book.seed_figures()
-seed_pre = seed[(seed["stage"] == "pre-processing") & seed["variant"].isin(["inference_fp16", "inference_fp16_preprocess"])
-                & (seed["system"] == "mmdet 2.19 (seed)")].pivot_table(index="scale", columns="variant", values="value")
-seed_pre["seed speed-up (RTX 3080, published)"] = seed_pre["inference_fp16"] / seed_pre["inference_fp16_preprocess"]
-book.show_table(seed_pre, 2)
-_ = book.glue("pre_seed_ratio_4k", float(seed_pre.loc["3840x2304", "seed speed-up (RTX 3080, published)"]))
+big = summary.xs(f"{input_sizes[-1]} > {scale}")
+wall, best = big["pre_ms"], big["pre_ms"].drop("auto").min()
+ch.glue(pre_big_case=f"{input_sizes[-1]} > {scale}", pre_fastest_big=wall.idxmin(),
+        pre_legacy_over_stock_big=wall["legacy"] / wall["stock"], pre_device_over_best_big=wall["device"] / best,
+        pre_auto_over_best_big=wall["auto"] / best, pre_copy_ratio=big.loc["legacy", "MB copied"] / big.loc["device", "MB copied"],
+        pre_device_max_levels=diffs.loc["device", "max_levels"], pre_device_mean_levels=diffs.loc["device", "mean_levels"])
+seed = ch.seed_table("pre-processing", "inference_fp16", "inference_fp16_preprocess")
+ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 
 # %% [markdown]
 # ## What to take away
@@ -159,4 +119,4 @@ _ = book.glue("pre_seed_ratio_4k", float(seed_pre.loc["3840x2304", "seed speed-u
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
 # %% tags=["nbval-ignore-output"]
-book.environment_table(rec.run_id)
+ch.end()

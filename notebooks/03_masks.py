@@ -46,56 +46,35 @@ threads = 2
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
 
-import mmdet_speedup as ms
-from mmdet_speedup import book, stages as S
-from mmdet_speedup.models import set_workload
+from mmdet_speedup import book, masks, models
 
-dev, rec = book.start("03_masks", device=device, config=config, checkpoint=checkpoint, scale=scale,
-                      input_sizes=input_sizes, dets_list=dets_list, dets_for_sizes=dets_for_sizes,
-                      input_for_dets=input_for_dets, rpn_proposals=rpn_proposals, n_images=n_images,
-                      repeats=repeats, warmup=warmup, threads=threads)
-MASKS = {v: v for v in ("full", "legacy", "box", "raw")}
-images = book.default_images(n_images)
+ch = book.Chapter("03_masks", globals())
+MASKS = {v: v for v in masks.MASK_VARIANTS}
 
 # %% tags=["nbval-ignore-output"]
-model = ms.build_detector(config, checkpoint=checkpoint, device=str(dev),
-                          workload=ms.Workload(scale=ms.models.parse_size(scale), dets_per_image=dets_for_sizes,
-                                               rpn_proposals=rpn_proposals))
-prof = ms.Profiler(model, device=str(dev), recorder=rec, repeats=repeats, warmup=warmup)
+prof = ch.profiler(ch.model(dets=dets_for_sizes))
 for size in input_sizes:
-    prof.run_masks(MASKS, ms.prepare_inputs(images, size), extra={"sweep": "size"})
+    prof.run_masks(MASKS, ch.samples(size), extra={"sweep": "size"})
 for n in dets_list:
-    set_workload(model, dets_per_image=n)
-    prof.run_masks(MASKS, ms.prepare_inputs(images, input_for_dets), extra={"sweep": "dets"})
+    models.set_workload(prof.model, dets_per_image=n)
+    prof.run_masks(MASKS, ch.samples(input_for_dets), extra={"sweep": "dets"})
+
+# %% [markdown]
+# The rows, summarized by `masks.sweep_summary`: medians per input size, detections and variant (over images
+# and repeats) of each stage's ms, of the MB the results hold (their `nbytes()`) and of the detections out.
+# Below, `mask_postprocess` against image area and against detections, and the memory held against image area
+# (`full` and `legacy` both hold N x H x W booleans: their memory lines coincide).
 
 # %%
-rows = book.load_rows(rec)
-ok = rows[rows["status"] == "ok"]
-agg = (ok.groupby(["input_size", "dets_per_image", "variant", "stage"])
-       .agg(ms=("ms", "median"), mask_mb=("mask_bytes", lambda b: b.median() / 2**20), dets=("dets_out", "median"))
-       .reset_index())
-post = agg[agg["stage"] == S.MASK_POSTPROCESS]
-rle = agg[agg["stage"] == S.CONSUMER_RLE]
-mpix = lambda s: eval(s.replace("x", "*")) / 1e6
-
-fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-by_size = post[post["dets_per_image"] == dets_for_sizes].copy()
-by_size["megapixels"] = by_size["input_size"].map(mpix)
-sns.lineplot(data=by_size, x="megapixels", y="ms", hue="variant", marker="o", ax=axes[0])
-axes[0].set(xscale="log", yscale="log", title=f"mask_postprocess vs image size ({dets_for_sizes} dets)",
-            ylabel="ms (median)")
-by_dets = post[post["input_size"] == input_for_dets]
-sns.lineplot(data=by_dets, x="dets", y="ms", hue="variant", marker="o", ax=axes[1])
-axes[1].set(xscale="log", yscale="log", title=f"mask_postprocess vs detections ({input_for_dets})", ylabel="ms (median)")
-sns.barplot(data=by_size, x="input_size", y="mask_mb", hue="variant", ax=axes[2])
-axes[2].set(yscale="log", title="memory held by the results", ylabel="MB")
-for ax in axes:
-    ax.grid(alpha=0.3, which="both")
-plt.tight_layout()
-plt.show()
+summary = masks.sweep_summary(ch.rows())
+by_size = summary[summary["dets_per_image"] == dets_for_sizes]
+_, axes = plt.subplots(1, 3, figsize=(14, 4), layout="tight")
+book.scaling_chart(by_size, "megapixels", "mask_postprocess", "variant", axes[0], ylabel="ms (median)",
+                   title=f"mask_postprocess vs image size ({dets_for_sizes} dets)")
+book.scaling_chart(summary[summary["input_size"] == input_for_dets], "dets", "mask_postprocess", "variant", axes[1],
+                   title=f"mask_postprocess vs detections ({input_for_dets})", ylabel="ms (median)")
+_ = book.scaling_chart(by_size, "megapixels", "MB held", "variant", axes[2], title="memory held by the results")
 
 # %% [markdown]
 # ## The consumer's bill
@@ -104,32 +83,15 @@ plt.show()
 
 # %%
 big = input_sizes[-1]
-both = (pd.concat([post.assign(part="mask_postprocess"), rle.assign(part="consumer.rle")])
-        .query("input_size == @big and dets_per_image == @dets_for_sizes")
-        .pivot_table(index="variant", columns="part", values="ms"))
-both["together"] = both.sum(axis=1)
-both = both.reindex(list(MASKS))
-book.show_table(both, 2)
+book.show_table(masks.consumer_bill(summary, big, dets_for_sizes), 2)
+
+# %% [markdown]
+# The seed's published figures for the same step on its GPU, before and after raw masks:
 
 # %%
-p = both["mask_postprocess"]
-book.glue("mask_big", big)
-book.glue("mask_dets", dets_for_sizes)
-book.glue("mask_raw_vs_legacy", float(p["legacy"] / p["raw"]))
-book.glue("mask_raw_vs_full", float(p["full"] / p["raw"]))
-book.glue("mask_box_vs_full", float(p["full"] / p["box"]))
-book.glue("mask_raw_rle_vs_full_rle", float(both.loc["full", "together"] / both.loc["raw", "together"]))
-mem = by_size[by_size["input_size"] == big].set_index("variant")["mask_mb"]
-book.glue("mask_mem_full_mb", float(mem["full"]))
-book.glue("mask_mem_raw_mb", float(mem["raw"]))
-book.glue("mask_mem_box_mb", float(mem["box"]))
-seed = book.seed_figures()
-s = seed[(seed["system"] == "mmdet 2.19 (seed)") & (seed["stage"] == "mask post-processing")
-         & seed["variant"].isin(["inference_fp16_preprocess", "inference_raw_mask"])]
-s = s.pivot_table(index="scale", columns="variant", values="value")
-s["seed speed-up (published)"] = s["inference_fp16_preprocess"] / s["inference_raw_mask"]
-book.show_table(s, 2)
-_ = book.glue("mask_seed_4k", float(s.loc["3840x2304", "seed speed-up (published)"]))
+seed = ch.seed_table("mask post-processing", "inference_fp16_preprocess", "inference_raw_mask")
+ch.glue(mask_big=big, mask_dets=dets_for_sizes, mask_seed_4k=seed.loc["3840x2304", "seed speed-up (published)"],
+        **{f"mask_{k}": v for k, v in masks.findings(summary, big, dets_for_sizes).items()})
 
 # %% [markdown]
 # ## What to take away
@@ -151,4 +113,4 @@ _ = book.glue("mask_seed_4k", float(s.loc["3840x2304", "seed speed-up (published
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
 # %% tags=["nbval-ignore-output"]
-book.environment_table(rec.run_id)
+ch.end()

@@ -44,18 +44,11 @@ threads = 2
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import seaborn as sns
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, nms, stages as S
-from mmdet_speedup.models import clone, parse_size, set_workload
+from mmdet_speedup import book, nms
 
-dev, rec = book.start("04_nms", device=device, checkpoint=checkpoint, ns=ns, iou_thresholds=iou_thresholds,
-                      nms_repeats=nms_repeats, scale=scale, input_size=input_size, c4_pre_nms=c4_pre_nms,
-                      fpn_pre_nms=fpn_pre_nms, rpn_proposals=rpn_proposals, dets=dets, repeats=repeats,
-                      warmup=warmup, threads=threads)
+ch = book.Chapter("04_nms", globals())
 
 # %% [markdown]
 # ## 1. The kernels: time against n
@@ -65,30 +58,21 @@ dev, rec = book.start("04_nms", device=device, checkpoint=checkpoint, ns=ns, iou
 # libraries' own `batched_nms`, which switch between those strategies at a size threshold.
 
 # %% tags=["nbval-ignore-output"]
-nms_csv = rec.path.with_name("04_nms_workbench.csv")
-impls = ["torchvision", "mmcv", "offset", "per_class", "torchvision_batched", "mmcv_batched"]
-_ = nms.sweep(ns, impls, iou_thresholds, repeats=nms_repeats, warmup=1, device=dev, out_csv=nms_csv,
-              run_id=rec.run_id, num_classes=5)
+_ = nms.sweep(ns, nms.IMPLEMENTATIONS, iou_thresholds, repeats=nms_repeats, warmup=1, device=ch.device,
+              out_csv=ch.rec.path.with_name("04_nms_workbench.csv"), run_id=ch.run_id, num_classes=5)
+
+# %% [markdown]
+# Under the chart: the log-log slope of time against n, fitted over the upper half of the sizes (1 = linear,
+# 2 = quadratic), then the n from which the per-class loop is faster than the offset trick, per box set
+# (None: not within the sweep).
 
 # %% tags=["nbval-ignore-output"]
-bench = book.load_rows(nms_csv, rec.run_id)
-ok = bench[bench["status"] == "ok"]
-med = ok.groupby(["box_set", "implementation", "iou_threshold", "n"], as_index=False)["ms"].median()
-thr = iou_thresholds[0]
-g = sns.relplot(data=med[med["iou_threshold"] == thr], x="n", y="ms", hue="implementation", col="box_set",
-                kind="line", marker="o", height=3.6, aspect=1.2, facet_kws={"sharey": False})
-g.set(xscale="log", yscale="log")
-for ax in g.axes.flat:
-    ax.grid(alpha=0.3, which="both")
-g.fig.suptitle(f"NMS time against boxes in (IoU {thr}, {dev.type}, 5 classes)", y=1.04)
+bench, thr = ch.rows("04_nms_workbench"), iou_thresholds[0]
+nms.plot_sweep(bench, thr)
 plt.show()
-n_fit = sorted(ns)[len(ns) // 2]
-slopes = nms.fit_slope(bench, n_min=n_fit)
-slopes = slopes[slopes["iou_threshold"] == thr].pivot_table(index="implementation", columns="box_set", values="slope")
-print(f"log-log slope of time against n, fitted over n >= {n_fit} (1 = linear, 2 = quadratic)")
+slopes, cross = nms.slope_table(bench, thr), nms.crossovers(bench, thr)
 book.show_table(slopes, 2)
-cross = {b: nms.crossover(bench, "offset", "per_class", box_set=b, iou_threshold=thr) for b in ("uniform", "clustered")}
-print("per-class loop faster than the offset trick from n =", cross)
+cross
 
 # %% [markdown]
 # ## 2. C4 versus FPN, per stage
@@ -100,29 +84,25 @@ print("per-class loop faster than the offset trick from n =", cross)
 # %% tags=["nbval-ignore-output"]
 CONFIGS = {"Faster C4": "faster-rcnn_r50-caffe_c4-1x_coco", "Faster FPN": "faster-rcnn_r50_fpn_1x_coco",
            "Mask C4": "mask-rcnn_r50-caffe-c4_1x_coco", "Mask FPN": "mask-rcnn_r50_fpn_1x_coco"}
-samples = ms.prepare_inputs(book.default_images(1), input_size)
-models = {}
-for name, cfg in CONFIGS.items():
-    models[name] = ms.build_detector(cfg, checkpoint=checkpoint, device=str(dev),
-                                     workload=ms.Workload(scale=parse_size(scale), dets_per_image=dets,
-                                                          rpn_proposals=rpn_proposals))
-    ms.Profiler(models[name], device=str(dev), recorder=rec, repeats=repeats, warmup=warmup).run(
-        {name: ms.STOCK}, samples, {"sweep": "arch"})
+samples = ch.samples(input_size, 1)
+models = {name: ch.model(config) for name, config in CONFIGS.items()}
+for name, model in models.items():
+    ch.profiler(model).run({name: ms.STOCK}, samples, {"sweep": "arch"})
+
+# %% [markdown]
+# Median ms per image per stage; `roi head` is the whole RoI head (boxes, masks and their post-processing),
+# and the last columns are the work each did: the RPN's pre-NMS N, the boxes each NMS took in, detections.
 
 # %%
-rows = book.load_rows(rec)
-arch = rows[rows["sweep"] == "arch"]
-t = ms.stage_table(arch).reindex(list(CONFIGS))
-t["roi head"] = t[[c for c in (S.ROI_BBOX, S.ROI_MASK, S.MASK_POSTPROCESS) if c in t]].sum(axis=1)
-work = arch.groupby("variant")[["rpn_pre_nms", "rpn_nms_in", "bbox_nms_in", "dets_out"]].median()
-book.show_table(t.join(work), 1)
-book.stacked_stages(t, title=f"C4 versus FPN at {scale} ({dev.type}, fp32)")
-plt.show()
-ratio = pd.DataFrame({k: {"rpn": t.loc[f"{k} C4", S.RPN] / t.loc[f"{k} FPN", S.RPN],
-                          "rpn.nms": t.loc[f"{k} C4", S.RPN_NMS] / t.loc[f"{k} FPN", S.RPN_NMS],
-                          "roi head": t.loc[f"{k} C4", "roi head"] / t.loc[f"{k} FPN", "roi head"],
-                          "total": t.loc[f"{k} C4", S.TOTAL] / t.loc[f"{k} FPN", S.TOTAL]} for k in ("Faster", "Mask")})
-print("C4 / FPN time ratio")
+t = nms.stage_comparison(ch.rows().query("sweep == 'arch'"), list(CONFIGS))
+book.show_table(t, 1)
+_ = book.stacked_stages(t, title=f"C4 versus FPN at {scale} ({ch.device.type}, fp32)")
+
+# %% [markdown]
+# C4's time over FPN's, per part of the pipeline:
+
+# %%
+ratio = nms.c4_fpn_ratio(t)
 book.show_table(ratio, 2)
 
 # %% [markdown]
@@ -133,60 +113,40 @@ book.show_table(ratio, 2)
 
 # %% tags=["nbval-ignore-output"]
 for name, values in (("Faster C4", c4_pre_nms), ("Faster FPN", fpn_pre_nms)):
-    m = clone(models[name])
     for n in values:
-        set_workload(m, rpn_pre_nms=n)
-        ms.Profiler(m, device=str(dev), recorder=rec, repeats=repeats, warmup=warmup).run(
-            {f"{name} pre={n}": ms.STOCK}, samples, {"sweep": "pre_nms"})
-box_set = nms.clustered_boxes(12000, num_objects=60, seed=0)
-ks = sorted({*c4_pre_nms, 100, 300, 1000, 2000, 6000, 12000})
-recall = pd.DataFrame({"k": ks, "recall": [nms.topk_recall(box_set, k, 0.7) for k in ks]})
-book.record_table(rec, "04_nms_recall", recall)
+        ms.models.set_workload(models[name], rpn_pre_nms=n)
+        ch.profiler(models[name]).run({f"{name} pre={n}": ms.STOCK}, samples, {"sweep": "pre_nms"})
+ch.record("04_nms_recall", nms.recall_table([*c4_pre_nms, 100, 300, 1000, 2000, 6000, 12000]))
+
+# %% [markdown]
+# The medians and the boxes NMS took in (`nms_in`); then `rpn` and its `rpn.nms` against N, and the share of
+# the 60 known objects still found when the top k of 12000 clustered boxes go through NMS.
 
 # %%
-rows = book.load_rows(rec)
-pre = rows[(rows["sweep"] == "pre_nms") & (rows["status"] == "ok")].copy()
-pre["arch"] = pre["variant"].str.split(" pre=").str[0]
-pm = pre[pre["stage"].isin([S.RPN, S.RPN_NMS])].groupby(["arch", "rpn_pre_nms", "stage"], as_index=False).agg(
-    ms=("ms", "median"), nms_in=("rpn_nms_in", "median"))
-fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-sns.lineplot(data=pm, x="rpn_pre_nms", y="ms", hue="arch", style="stage", marker="o", ax=axes[0])
-axes[0].set(xscale="log", yscale="log", xlabel="pre-NMS top-N (C4: one level; FPN: per level)", ylabel="ms (median)",
-            title="RPN time against pre-NMS N")
-rc = book.load_rows(rec, name="04_nms_recall")
-axes[1].plot(rc["k"], rc["recall"], marker="o")
-axes[1].set(xscale="log", xlabel="pre-NMS top-k (synthetic clusters, 12000 boxes, 60 objects)", ylabel="object recall",
-            title="What a smaller N costs", ylim=(0, 1.05))
-for ax in axes:
-    ax.grid(alpha=0.3, which="both")
-plt.show()
-book.show_table(pm.pivot_table(index=["arch", "rpn_pre_nms"], columns="stage", values="ms").join(
-    pm.groupby(["arch", "rpn_pre_nms"])["nms_in"].first()), 1)
+pm, rc = nms.pre_nms_medians(ch.rows().query("sweep == 'pre_nms'")), ch.rows("04_nms_recall")
+book.show_table(nms.pre_nms_table(pm), 1)
+book.scaling_chart(pm, "rpn_pre_nms", "ms", "series", title="RPN time against pre-NMS N",
+                   xlabel="pre-NMS top-N (C4: one level; FPN: per level)", ylabel="ms (median)")
+_ = nms.plot_recall(rc)
+
+# %% [markdown]
+# Detectron's published model zoo (1x schedule, seconds per image on P100 GPUs: `inference_s_per_im` in its
+# GPU code, `inference_extra_s` in its unoptimized CPU code):
 
 # %%
-dz = pd.read_csv(book.REFERENCE_DIR / "detectron_model_zoo.csv")
-dz = dz[dz["lr_schd"] == "1x"][["table", "backbone", "type", "inference_s_per_im", "inference_extra_s"]]
+dz = nms.detectron_zoo()
 book.show_table(dz, 3)
-e2e = dz[dz["table"].str.contains("End-to-End", case=False)].set_index(["type", "backbone"])["inference_s_per_im"]
 
 # %% tags=["nbval-ignore-output"]
-worst = slopes.stack().idxmax()
-book.glue("nms_slope_max", float(slopes.stack().max()))
-book.glue("nms_slope_max_impl", f"{worst[0]} on {worst[1]} boxes")
-book.glue("nms_slope_clustered_tv", float(slopes.loc["torchvision", "clustered"]))
-book.glue("nms_cross_uniform", str(cross["uniform"]))
-book.glue("nms_c4_fpn_rpn", float(ratio.loc["rpn", "Faster"]))
-book.glue("nms_c4_fpn_rpn_nms", float(ratio.loc["rpn.nms", "Faster"]))
-book.glue("nms_c4_fpn_roi", float(ratio.loc["roi head", "Faster"]))
-book.glue("nms_c4_fpn_roi_mask", float(ratio.loc["roi head", "Mask"]))
-book.glue("nms_c4_fpn_total", float(ratio.loc["total", "Faster"]))
-c4 = pm[(pm["arch"] == "Faster C4") & (pm["stage"] == S.RPN_NMS)].set_index("rpn_pre_nms")["ms"]
-book.glue("nms_c4_pre_lo", float(c4.index.min()))
-book.glue("nms_c4_pre_hi", float(c4.index.max()))
-book.glue("nms_c4_nms_growth", float(c4.iloc[-1] / c4.iloc[0]))
-book.glue("nms_recall_1000", float(rc.set_index("k").loc[1000, "recall"]))
-book.glue("dz_faster_c4_over_fpn", float(e2e.loc[("Faster", "R-50-C4")] / e2e.loc[("Faster", "R-50-FPN")]))
-_ = book.glue("dz_mask_c4_over_fpn", float(e2e.loc[("Mask", "R-50-C4")] / e2e.loc[("Mask", "R-50-FPN")]))
+top, top_impl = nms.steepest(slopes)
+grow, zoo = nms.pre_nms_growth(pm, "Faster C4"), nms.zoo_c4_over_fpn(dz)
+ch.glue(nms_slope_max=top, nms_slope_max_impl=top_impl, nms_slope_clustered_tv=slopes.loc["torchvision", "clustered"],
+        nms_cross_uniform=str(cross["uniform"]), nms_c4_fpn_rpn=ratio.loc["rpn", "Faster"],
+        nms_c4_fpn_rpn_nms=ratio.loc["rpn.nms", "Faster"], nms_c4_fpn_roi=ratio.loc["roi head", "Faster"],
+        nms_c4_fpn_roi_mask=ratio.loc["roi head", "Mask"], nms_c4_fpn_total=ratio.loc["total", "Faster"],
+        nms_c4_pre_lo=grow["lo"], nms_c4_pre_hi=grow["hi"], nms_c4_nms_growth=grow["growth"],
+        nms_recall_1000=rc.set_index("k").loc[1000, "recall"], dz_faster_c4_over_fpn=zoo["Faster"],
+        dz_mask_c4_over_fpn=zoo["Mask"])
 
 # %% [markdown]
 # ## What to take away
@@ -216,4 +176,4 @@ _ = book.glue("dz_mask_c4_over_fpn", float(e2e.loc[("Mask", "R-50-C4")] / e2e.lo
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
 # %% tags=["nbval-ignore-output"]
-book.environment_table(rec.run_id)
+ch.end()

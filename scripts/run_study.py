@@ -145,11 +145,11 @@ def write_status(out_dir: Path, outcome: Outcome) -> None:
 
 
 def write_ledger(results: Path, outcome: Outcome, git_sha: str, version: str) -> None:
-    from mmdet_speedup.records import write_tidy
+    from mmdet_speedup.records import append_rows
 
     row = {**asdict(outcome), "seconds": round(outcome.seconds, 1), "git_sha": git_sha,
            "benchmark_version": version}
-    write_tidy(results / "runs.csv", [row], LEDGER_COLUMNS)
+    append_rows(results / "runs.csv", [row], LEDGER_COLUMNS)
 
 
 def error_line(notebook: Path, stderr: str) -> str:
@@ -197,6 +197,7 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
                     str(NOTEBOOKS / f"{chapter}.py")], check=True)
     params_file = work / f"{chapter}.params.yml"
     params_file.write_text(yaml.safe_dump(params))
+    # every mode names the rows' folder: a chapter never falls back on the library's own search for it
     env = dict(os.environ, MMDET_SPEEDUP_RESULTS=str(results), MMDET_SPEEDUP_RUN_ID=run_id)
     env.pop("MPLBACKEND", None)  # figures vanish from executed notebooks under Agg
     cmd = [sys.executable, "-m", "papermill", str(source), str(tmp_nb), "-f", str(params_file), "--cwd",
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.results:
         results = a.results.resolve()
     elif a.size == "study":
-        results = Path(os.environ.get("MMDET_SPEEDUP_RESULTS") or ROOT / "data" / "results").resolve()
+        results = ROOT / "data" / "results"
     elif a.size == "quick":
         results = out_dir.parents[1] / "results"
     else:  # nbval references: their rows are thrown away
@@ -299,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
 
-    from mmdet_speedup.records import BENCHMARK_VERSION, git_sha
+    from mmdet_speedup.environment import git_sha
+    from mmdet_speedup.records import BENCHMARK_VERSION
 
-    sha = git_sha()
+    sha = git_sha(ROOT)
     print(f"study ({a.size}): {len(chapters)} chapter(s) -> {out_dir}, rows -> {results}, git {sha}", flush=True)
     outcomes: list[Outcome] = []
     for c in chapters:

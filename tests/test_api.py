@@ -12,8 +12,14 @@ from mmdet_speedup.loader import PrefetchReader, ReaderError, run_overlapped, ru
 
 
 def test_optimize_one_call_and_report(mask_rcnn, images):
+    from mmdet_speedup import Choices
+    from mmdet_speedup.environment import cpu_has_bf16
+
     p = optimize(mask_rcnn, device="cpu")
-    assert p.choices.precision in ("bf16", "fp32") and p.choices.masks == "raw"
+    assert p.choices == Choices.auto().resolve("cpu", mask_rcnn)  # optimize decides nothing of its own
+    assert p.choices.precision == ("bf16" if cpu_has_bf16() else "fp32") and p.choices.masks == "raw"
+    assert p.choices.channels_last is (p.choices.precision != "fp32") and p.choices.roi_align == "threaded"
+    assert p.pipeline.model is not mask_rcnn and p.reference.model is mask_rcnn  # the stock model is not touched
     dets = p.predict(images[:1])
     assert len(dets) == 1 and len(dets[0]) >= 50
     rep = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="raw", device="cpu").equivalence_report(images[:1])

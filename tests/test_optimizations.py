@@ -69,16 +69,18 @@ def test_mask_variants_paste_back_to_full(mask_rcnn, image, stock_dets, variant)
     a = compare(stock_dets, dets)
     assert a.matched_ref == 1.0 and a.mask_iou_min >= 0.99
     assert identical(stock_dets, dets)  # on the CPU mmdet pastes box-local too: bit-identical
-    assert dets.masks.to_rle() == [rle_encode(m.numpy()) for m in stock_dets.masks]
+    full = stock_dets.masks
+    assert dets.masks.to_rle() == full.to_rle() == [rle_encode(m.numpy()) for m in full.to_full()]
+    assert [dets.masks.paste(i)[0].sum() for i in range(len(full))] == [full.paste(i)[0].sum() for i in range(len(full))]
 
 
 def test_lazy_paste_single_instance(mask_rcnn, image, stock_dets):
     dets = StagedPipeline(mask_rcnn, STOCK.replace(masks="raw"), "cpu")(image)
     m, y0, x0 = dets.masks.paste(3)
-    full = stock_dets.masks[3]
+    full = stock_dets.masks.to_full()[3]
     assert torch.equal(full[y0:y0 + m.shape[0], x0:x0 + m.shape[1]], m)
     assert int(full.sum()) == int(m.sum())  # nothing of the mask lies outside the pasted region
-    assert dets.masks.nbytes() < stock_dets.masks.numel() / 10
+    assert dets.masks.nbytes() < stock_dets.masks.nbytes() / 10
 
 
 def test_raw_masks_any_size_like_c4():
@@ -98,50 +100,81 @@ def test_raw_masks_any_size_like_c4():
 
 
 # -- precision ---------------------------------------------------------------------------------------------
-def test_bf16_dtype_contracts(mask_rcnn, image):
-    """Convolutions run in bf16; NMS, RoIAlign inputs, box decoding and the outputs stay fp32."""
-    import mmdet_speedup.pipeline as P
-    from mmdet_speedup.models import clone
+@pytest.mark.parametrize("precision, device", [
+    pytest.param("bf16", "cpu", id="bf16-cpu"),
+    pytest.param("fp16", "cuda", id="fp16-cuda", marks=[pytest.mark.cuda, CUDA]),
+])
+def test_reduced_precision_dtype_contracts(mask_rcnn, image, monkeypatch, precision, device):
+    """``precision.py``'s contracts: backbone, neck and the heads' layers run in the reduced dtype (autocast);
+    NMS, box decoding, RoIAlign's inputs (fp32, NCHW), the mask head's post-processing and paste, and the
+    outputs stay fp32."""
+    import copy
 
+    import mmdet.models.dense_heads.rpn_head as rpn_mod
+    import mmdet.models.layers.bbox_nms as nms_mod
+    import mmdet.models.roi_heads.mask_heads.fcn_mask_head as fcn_mod
+
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    pipe = StagedPipeline(copy.deepcopy(mask_rcnn).to(device), Choices(precision=precision, channels_last=True),
+                          device)
+    model, rh = pipe.model, pipe.model.roi_head
     seen: dict[str, set] = {}
 
-    def hook(name):
-        def fn(mod, args, out):
-            t = out[0] if isinstance(out, (tuple, list)) else out
-            seen.setdefault(name, set()).add(t.dtype)
-            if name.startswith("roi_extractor"):
-                seen.setdefault(name + ".in", set()).update(a.dtype for a in args[0])
+    def note(name, *tensors):
+        for t in tensors:
+            for x in (t if isinstance(t, (tuple, list)) else (t,)):
+                seen.setdefault(name, set()).add(x.dtype)
+
+    def out_hook(name):
+        return lambda mod, args, out: note(name, out)
+
+    def roi_align_hook(name):
+        def fn(mod, args):
+            feats, rois = args[0], args[1]
+            note(name + ".feats", feats)
+            note(name + ".rois", rois)
+            seen.setdefault(name + ".nchw", set()).add(feats.is_contiguous())
         return fn
 
-    model = clone(mask_rcnn)
-    pipe = StagedPipeline(model, Choices(precision="bf16", channels_last=True), "cpu")
-    hs = [model.backbone.conv1.register_forward_hook(hook("backbone.conv1")),
-          model.neck.fpn_convs[0].register_forward_hook(hook("neck")),
-          model.roi_head.bbox_roi_extractor.register_forward_hook(hook("roi_extractor")),
-          model.roi_head.bbox_head.fc_cls.register_forward_hook(hook("fc_cls"))]
-    nms_dtypes = set()
-    import mmdet.models.layers.bbox_nms as bn
-    import mmdet.models.dense_heads.rpn_head as rh
-    orig = (rh.batched_nms, bn.batched_nms)
+    hooks = [model.backbone.register_forward_hook(out_hook("backbone")),
+             model.neck.register_forward_hook(out_hook("neck")),
+             rh.bbox_head.fc_cls.register_forward_hook(out_hook("fc_cls")),
+             rh.mask_head.conv_logits.register_forward_hook(out_hook("conv_logits"))]
+    for ext in ("bbox_roi_extractor", "mask_roi_extractor"):
+        hooks += [layer.register_forward_pre_hook(roi_align_hook(ext)) for layer in getattr(rh, ext).roi_layers]
 
-    def spy(f):
-        def g(boxes, scores, *a, **k):
-            nms_dtypes.update({boxes.dtype, scores.dtype})
-            return f(boxes, scores, *a, **k)
-        return g
+    def spy(name, fn, *keys):
+        """Records the dtype of the named arguments (positional ones by index)."""
+        def wrapped(*args, **kw):
+            for k in keys:
+                note(name, kw[k] if isinstance(k, str) else args[k])
+            return fn(*args, **kw)
+        return wrapped
 
-    rh.batched_nms, bn.batched_nms = spy(orig[0]), spy(orig[1])
+    for mod, name in ((rpn_mod, "rpn.nms"), (nms_mod, "bbox.nms")):  # mmdet imports batched_nms by name
+        monkeypatch.setattr(mod, "batched_nms", spy(name, mod.batched_nms, 0, 1))
+    monkeypatch.setattr(model.rpn_head.bbox_coder, "decode", spy("rpn.decode", model.rpn_head.bbox_coder.decode, 0, 1))
+    monkeypatch.setattr(rh.bbox_head.bbox_coder, "decode", spy("bbox.decode", rh.bbox_head.bbox_coder.decode, 0, 1))
+    monkeypatch.setattr(rh.bbox_head, "predict_by_feat",
+                        spy("bbox.predict_by_feat", rh.bbox_head.predict_by_feat, "rois", "cls_scores", "bbox_preds"))
+    monkeypatch.setattr(rh.mask_head, "predict_by_feat",
+                        spy("mask.predict_by_feat", rh.mask_head.predict_by_feat, "mask_preds"))
+    monkeypatch.setattr(fcn_mod, "_do_paste_mask", spy("mask.paste", fcn_mod._do_paste_mask, 0, 1))
     try:
         dets = pipe(image)
     finally:
-        rh.batched_nms, bn.batched_nms = orig
-        for h in hs:
+        for h in hooks:
             h.remove()
-    assert seen["backbone.conv1"] == {torch.bfloat16} and seen["neck"] == {torch.bfloat16}
-    assert seen["fc_cls"] == {torch.bfloat16}
-    assert seen["roi_extractor.in"] == {torch.float32} and seen["roi_extractor"] == {torch.float32}
-    assert nms_dtypes == {torch.float32}
-    assert dets.bboxes.dtype == dets.scores.dtype == torch.float32 and dets.masks.dtype == torch.bool
+    f32 = {torch.float32}
+    for name in ("backbone", "neck", "fc_cls", "conv_logits"):
+        assert seen.get(name) == {low}, (name, seen.get(name))
+    for name in ("rpn.nms", "bbox.nms", "rpn.decode", "bbox.decode", "bbox.predict_by_feat", "mask.predict_by_feat",
+                 "mask.paste", "bbox_roi_extractor.feats", "bbox_roi_extractor.rois", "mask_roi_extractor.feats",
+                 "mask_roi_extractor.rois"):
+        assert seen.get(name) == f32, (name, seen.get(name))
+    assert seen["bbox_roi_extractor.nchw"] == seen["mask_roi_extractor.nchw"] == {True}  # not channels_last
+    assert len(dets) > 0 and dets.bboxes.device.type == "cpu"
+    assert dets.bboxes.dtype == dets.scores.dtype == torch.float32 and dets.mask_array().dtype == torch.bool
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -188,15 +221,6 @@ def test_fold_bn_alone_is_equivalent(mask_rcnn, image, stock_dets):
     p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", fold_bn=True, device="cpu")
     a = compare(stock_dets, p(image))
     assert a.passes(box_iou=0.99), a
-
-
-@CUDA
-def test_fp16_cuda_contracts(image):
-    from mmdet_speedup import Workload, build_detector
-
-    m = build_detector("mask-rcnn_r50_fpn_1x_coco", device="cuda", workload=Workload(scale=(480, 320)))
-    dets = optimize(m, precision="fp16", preprocess="device", device="cuda")(image)
-    assert dets.bboxes.dtype == torch.float32 and dets.bboxes.device.type == "cpu"
 
 
 def test_fp16_on_cpu_is_a_clear_error(mask_rcnn):

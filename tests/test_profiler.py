@@ -16,14 +16,43 @@ REQUIRED = ("run_id timestamp git_sha benchmark_version notebook config variant 
             "status message rpn_nms_in bbox_nms_in dets_out").split()
 
 
-def test_stage_names_defined_once():
+@pytest.fixture(scope="module")
+def ticked(mask_rcnn, image, tmp_path_factory):
+    """One recorded profile of the stock Mask R-CNN on one 640x480 input, two repeats, timed by a ``TickClock``."""
+    path = tmp_path_factory.mktemp("ticked") / "rows.csv"
+    prof = Profiler(mask_rcnn, device="cpu", recorder=Recorder(path, notebook="test"), repeats=2, warmup=0,
+                    clock=TickClock())
+    df = prof.run({"stock": STOCK}, prepare_inputs([image], "640x480"))
+    with open(path) as f:
+        return df, list(csv.DictReader(f))
+
+
+def test_stage_names_defined_once(ticked):
+    """The names a profiled run records are ``stages``' own (each defined once), top-level ones in pipeline order,
+    every nested one inside the parent ``stages`` gives it."""
+    df, _ = ticked
     assert len(set(S.ALL)) == len(S.ALL)
-    assert S.STAGES[0] == "load" and S.STAGES[-1] == "mask_postprocess"
-    assert all(S.parent(n) in S.STAGES for n in S.NESTED)
+    recorded = list(dict.fromkeys(df["stage"]))  # in the order the timer closed them
+    assert set(recorded) <= set(S.ALL), set(recorded) - set(S.ALL)
+    assert [s for s in recorded if s in S.STAGES] == list(S.STAGES)  # FPN with masks: every stage, in order
+    nested = [s for s in recorded if s in S.NESTED]
+    assert nested == [S.RPN_NMS, S.ROI_BBOX_NMS]
+    for n in nested:  # closed just before its parent: it ran inside it
+        assert S.NESTED[n] == S.parent(n) and recorded[recorded.index(n) + 1] == S.NESTED[n]
+    assert recorded[-1] == S.TOTAL
 
 
-def test_csv_schema_has_required_columns():
-    assert set(REQUIRED) <= set(COLUMNS)
+def test_csv_schema_has_required_columns(ticked):
+    """The rows the profiler writes carry every column the study reads, filled in (``message`` only on errors)."""
+    df, rows = ticked
+    assert len(rows) == len(df) and list(rows[0]) == list(COLUMNS)
+    for r in rows:
+        assert r["status"] == "ok" and r["message"] == ""
+        empty = [c for c in REQUIRED if c != "message" and r[c] == ""]
+        assert not empty, (r["stage"], empty)
+    assert {r["stage"] for r in rows} == set(df["stage"]) and {r["repeat"] for r in rows} == {"0", "1"}
+    assert rows[0]["input_size"] == "640x480" and rows[0]["scale"] == "480x320" and rows[0]["dets_per_image"] == "60"
+    assert all(0 < int(r["dets_out"]) <= 60 and int(r["rpn_nms_in"]) > int(r["bbox_nms_in"]) > 0 for r in rows)
 
 
 def test_summary_percentiles():
@@ -50,25 +79,27 @@ def test_profiled_path_returns_same_detections(mask_rcnn, image, stock_dets):
     assert len(stock_dets) >= 50 and plain.counts["rpn_nms_in"] > 0 and plain.counts["bbox_nms_in"] > 0
 
 
-def test_stage_accounting_with_injected_clock(mask_rcnn, image, tmp_path):
-    samples = prepare_inputs([image], "640x480")
-    rec = Recorder(tmp_path / "rows.csv", notebook="test")
-    prof = Profiler(mask_rcnn, device="cpu", recorder=rec, repeats=2, warmup=0, clock=TickClock())
-    df = prof.run({"stock": STOCK}, samples)
-    one = df[df["repeat"] == 0].set_index("stage")["ms"]
-    top = [s for s in S.STAGES if s in one.index]
-    assert top == list(S.STAGES)  # FPN: every stage present, in order
-    # each top-level stage is two clock reads apart unless it holds a nested stage (two reads more)
-    assert one["rpn"] == one["rpn.nms"] + 2000 and one["roi_bbox"] == one["roi_bbox.nms"] + 2000
-    # total is its own pair of reads around everything: parts + one tick per gap between them
-    assert one["total"] == one[top].sum() + 1000 * (len(top) + 1)
-    gap = stage_gap(df)
-    assert gap.loc["stock", "sum_of_stages"] == pytest.approx(one[top].sum())
-    with open(tmp_path / "rows.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == len(df) and set(rows[0]) == set(COLUMNS)
-    assert {r["stage"] for r in rows} == set(top) | {"total", "rpn.nms", "roi_bbox.nms"}
-    assert rows[0]["input_size"] == "640x480" and rows[0]["scale"] == "480x320"
+def test_stage_accounting_with_injected_clock(ticked):
+    """A TickClock advances 1 s per read, so a stage's ms counts the reads inside it: its own two edges (1000 ms)
+    and two more per stage nested in it; ``total`` also gets one tick per edge between its parts."""
+    df, _ = ticked
+    for rep in (0, 1):
+        one = df[df["repeat"] == rep].set_index("stage")["ms"]
+        assert one[S.RPN_NMS] == one[S.ROI_BBOX_NMS] == 1000.0  # one NMS call each, nothing timed inside
+        assert one[S.RPN] == one[S.ROI_BBOX] == 3000.0  # its own edges and its NMS's
+        plain = [s for s in S.STAGES if s not in (S.RPN, S.ROI_BBOX)]
+        assert (one[plain] == 1000.0).all(), one[plain]
+        # 9 top-level stages and 2 nested: 22 reads inside total, so 23 ticks between total's own two
+        assert one[S.TOTAL] == 23000.0 == one[list(S.STAGES)].sum() + 1000 * (len(S.STAGES) + 1)
+
+
+def test_nested_stages_kept_out_of_the_sum(ticked):
+    df, _ = ticked
+    gap = stage_gap(df).loc["stock"]
+    assert gap["sum_of_stages"] == 13000.0  # 7 plain stages x 1 s + rpn and roi_bbox x 3 s; their NMS not again
+    assert gap["total"] == 23000.0 and gap["gap_pct"] == pytest.approx(100 * 10 / 23)
+    t = stage_table(df)
+    assert t.loc["stock", S.RPN_NMS] == 1000.0 and list(t.columns) == [c for c in S.ALL if c in set(df["stage"])]
 
 
 def test_c4_has_no_neck_row(image):
@@ -82,26 +113,54 @@ def test_c4_has_no_neck_row(image):
 
 
 def test_failed_variant_becomes_error_row_and_sweep_goes_on(mask_rcnn, image, tmp_path):
+    """A variant that cannot be built (fp16 on the CPU) and variants that fail on an input (undecodable bytes)
+    each become one error row naming the cause; the rest is still measured, and everything is written."""
+    from mmdet_speedup.profiler import Sample
+
     rec = Recorder(tmp_path / "rows.csv", notebook="test")
-    prof = Profiler(mask_rcnn, device="cpu", recorder=rec, repeats=1, warmup=0)
-    bad = Choices(precision="bf16-weights")
-    prof.pipeline = lambda c, _orig=prof.pipeline: (_ for _ in ()).throw(RuntimeError("boom")) if c is bad else _orig(c)
-    df = prof.run({"bad": bad, "stock": STOCK}, prepare_inputs([image], "320x240"))
+    prof = Profiler(mask_rcnn, device="cpu", recorder=rec, repeats=2, warmup=0, clock=TickClock())
+    good = prepare_inputs([image], "320x240")[0]
+    df = prof.run({"fp16": Choices(precision="fp16"), "stock": STOCK}, [good])
     err = df[df["status"] == "error"]
-    assert list(err["variant"]) == ["bad"] and "boom" in err["message"].iloc[0]
-    assert (df[df["variant"] == "stock"]["status"] == "ok").all()
+    assert list(err["variant"]) == ["fp16"] and "fp16 needs CUDA" in err["message"].iloc[0]
+    assert err["stage"].iloc[0] == S.TOTAL and err["repeat"].iloc[0] == -1 and err["ms"].isna().all()
+    ok = df[df["variant"] == "stock"]
+    assert (ok["status"] == "ok").all() and sorted(set(ok["repeat"])) == [0, 1]
+    assert (ok.groupby("repeat")["stage"].apply(set) == set(S.STAGES) | {S.TOTAL, S.RPN_NMS, S.ROI_BBOX_NMS}).all()
     written = pd.read_csv(tmp_path / "rows.csv")
-    assert set(written["variant"]) == {"bad", "stock"} and (written["status"] == "error").sum() == 1
+    assert len(written) == len(df) and list(written["status"]).count("error") == 1
+    assert "fp16 needs CUDA" in written.loc[written["status"] == "error", "message"].iloc[0]
+
+    bad = Sample("broken.jpg", b"not a jpeg", (1, 1))
+    df = prof.run({"stock": STOCK, "legacy": Choices(preprocess="legacy")}, [good, bad])
+    err = df[df["status"] == "error"]
+    assert sorted(err["variant"]) == ["legacy", "stock"] and set(err["image"]) == {"broken.jpg"}
+    assert err["message"].str.contains("could not decode").all()
+    # each failed on the bad input of its first repeat and left the sweep; the good input before it was kept
+    ok = df[df["status"] == "ok"]
+    assert set(ok["image"]) == {good.name} and set(ok["repeat"]) == {0} and set(ok["variant"]) == {"stock", "legacy"}
 
 
 def test_stage_table_is_per_image():
-    rows = []
-    for img in ("a", "b"):
-        for rep in (0, 1):
-            rows += [dict(variant="v", stage="backbone", repeat=rep, ms=10.0, image=img, status="ok"),
-                     dict(variant="v", stage="total", repeat=rep, ms=12.0, image=img, status="ok")]
-    t = stage_table(pd.DataFrame(rows))
-    assert t.loc["v", "backbone"] == 10.0 and t.loc["v", "total"] == 12.0
+    """Per repeat, a stage's ms summed over the images; the median over repeats; divided by the image count.
+    Error rows are left out; a nested stage gets its own column but stays out of ``stage_gap``'s sum."""
+    per_image = {"a": {"backbone": 10.0, "rpn": 4.0, "rpn.nms": 3.0, "total": 20.0},
+                 "b": {"backbone": 30.0, "rpn": 6.0, "rpn.nms": 5.0, "total": 50.0}}
+    rows = [dict(variant="v", stage=st, repeat=rep, ms=ms * f, image=img, status="ok")
+            for rep, f in enumerate((1, 2, 6)) for img, stages in per_image.items() for st, ms in stages.items()]
+    rows += [dict(variant="w", stage=st, repeat=rep, ms=ms, image="a", status="ok")
+             for rep in (0, 1) for st, ms in (("backbone", 7.0), ("total", 9.0))]
+    rows.append(dict(variant="v", stage="total", repeat=-1, ms=float("nan"), image="a", status="error"))
+    df = pd.DataFrame(rows)
+    t = stage_table(df)
+    # backbone: image sums 40, 80, 240 per repeat -> median 80 -> 40 per image (a mean would give 60)
+    assert t.loc["v", "backbone"] == 40.0 and t.loc["v", "rpn"] == 10.0 and t.loc["v", "rpn.nms"] == 8.0
+    assert t.loc["v", "total"] == 70.0 and t.loc["w", "backbone"] == 7.0 and t.loc["w", "total"] == 9.0
+    assert list(t.columns) == ["backbone", "rpn", "total", "rpn.nms"]  # pipeline order, nested after total
+    assert pd.isna(t.loc["w", "rpn"])
+    gap = stage_gap(df)
+    assert gap.loc["v", "sum_of_stages"] == 50.0  # backbone + rpn, not rpn.nms
+    assert gap.loc["v", "gap_pct"] == pytest.approx(100 * 20 / 70) and gap.loc["w", "sum_of_stages"] == 7.0
 
 
 def test_peak_memory_sees_an_allocation_and_resets():
@@ -123,15 +182,15 @@ def test_peak_memory_sees_an_allocation_and_resets():
 
 def test_recorder_sets_aside_rows_with_other_columns(tmp_path):
     path = tmp_path / "rows.csv"
-    path.write_text("run_id,ms\nold,1.0\n")
+    path.write_text("run_id,retired\nold,1.0\n")  # a column COLUMNS no longer has
     rec = Recorder(path, notebook="test")
     rec.write([{"variant": "v", "stage": "total", "ms": 2.0}])
     old = list(tmp_path.glob("rows.old-*.csv"))
-    assert len(old) == 1 and old[0].read_text() == "run_id,ms\nold,1.0\n"  # nothing lost
+    assert len(old) == 1 and old[0].read_text() == "run_id,retired\nold,1.0\n"  # nothing lost
     assert path.read_text().splitlines()[0].split(",") == list(COLUMNS)
 
 
-def test_book_start_records_resolved_device_and_params(tmp_path, monkeypatch, capsys):
+def test_chapter_reads_its_parameters_once_and_records_them(tmp_path, monkeypatch, capsys):
     import json
 
     import torch
@@ -139,24 +198,27 @@ def test_book_start_records_resolved_device_and_params(tmp_path, monkeypatch, ca
     from mmdet_speedup import book
 
     monkeypatch.setenv("MMDET_SPEEDUP_RESULTS", str(tmp_path))
+    namespace = {"__name__": "__main__", "In": [], "get_ipython": print, "torch": torch, "_private": 1,
+                 "device": "auto", "threads": 1, "scale": "480x320", "input_sizes": ["320x240"], "checkpoint": None}
     before = torch.get_num_threads()
     try:
-        dev, rec = book.start("99_test", device="auto", threads=1, scale="480x320")
+        ch = book.Chapter("99_test", namespace)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    assert dev.type in ("cpu", "cuda") and rec.path == tmp_path / "99_test.csv"
-    env = json.loads((tmp_path / "environment" / f"{rec.run_id}.json").read_text())
-    assert env["params"] == {"device": str(dev), "threads": 1, "scale": "480x320"}
-    assert rec.run_id in capsys.readouterr().out
+    assert ch.device.type in ("cpu", "cuda") and ch.rec.path == tmp_path / "99_test.csv"
+    env = json.loads((tmp_path / "environment" / f"{ch.run_id}.json").read_text())
+    assert env["params"] == {"device": str(ch.device), "threads": 1, "scale": "480x320",
+                             "input_sizes": ["320x240"], "checkpoint": None}
+    assert ch.run_id in capsys.readouterr().out
     with pytest.raises(KeyError):
-        book.start("99_test", device="cpu")  # threads is required
+        book.Chapter("99_test", {"device": "cpu"})  # threads is required
 
 
 def test_git_sha_ignores_the_run_outputs_but_not_code(tmp_path, monkeypatch):
     import subprocess
 
-    from mmdet_speedup import records
+    from mmdet_speedup.environment import git_sha
 
     def git(*a):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
@@ -168,11 +230,11 @@ def test_git_sha_ignores_the_run_outputs_but_not_code(tmp_path, monkeypatch):
     git("init", "-q")
     git("add", "-A")
     git("commit", "-qm", "x")
-    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)
-    clean = records.git_sha()
+    monkeypatch.chdir(tmp_path)  # no _toc.yml above it: the project is the working directory
+    clean = git_sha()
     assert clean != "unknown" and not clean.endswith("-dirty")
     (tmp_path / "book/executed/01.ipynb").write_text("b")
     (tmp_path / "data/results/01.csv").write_text("b")
-    assert records.git_sha() == clean
+    assert git_sha() == clean
     (tmp_path / "src.py").write_text("b")
-    assert records.git_sha() == clean + "-dirty"
+    assert git_sha() == clean + "-dirty"

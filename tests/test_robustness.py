@@ -180,7 +180,7 @@ def test_chapter_parameters_are_checked(params, message):
     from mmdet_speedup.checks import InputError
 
     with pytest.raises(InputError, match=message):
-        book.start("x", **{"device": "cpu", "threads": 2, **params})
+        book.Chapter("x", {"device": "cpu", "threads": 2, **params})
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------

@@ -6,17 +6,15 @@ from in-memory numbers the CSV does not hold.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from . import stages as S
-from .records import REPO_ROOT, Recorder
+from .project import images_dir, reference_dir, results_dir, seed_figures
+from .records import Recorder, append_rows
 
-IMAGES_DIR = REPO_ROOT / "data" / "images"
-REFERENCE_DIR = REPO_ROOT / "data" / "reference"
 #: Colours per stage, fixed so every chart in the book reads the same way.
 STAGE_COLORS = {
     S.LOAD: "#8c8c8c", S.PREPROCESS: "#bdbdbd", S.DATA_PREPROCESSOR: "#d9d9d9", S.BACKBONE: "#1f77b4",
@@ -25,37 +23,119 @@ STAGE_COLORS = {
 }
 
 
-def results_dir() -> Path:
-    """``$MMDET_SPEEDUP_RESULTS`` (nbval points it at a temp folder) or ``data/results``."""
-    return Path(os.environ.get("MMDET_SPEEDUP_RESULTS") or REPO_ROOT / "data" / "results")
-
-
 def default_images(n: int | None = None) -> list[str]:
-    paths = sorted(str(p) for p in IMAGES_DIR.glob("*.jpg"))
+    paths = sorted(str(p) for p in images_dir().glob("*.jpg"))
     return paths[:n] if n else paths
 
 
-def start(notebook: str, **params: Any):
-    """A chapter's set-up: thread count, device, and a recorder whose environment record holds ``params``.
+#: Names a notebook's globals hold besides its parameters (IPython's own), never parameters.
+_NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+_PARAMETER_TYPES = (str, int, float, bool, list, dict, tuple, type(None))
 
-    ``params`` must include ``device`` and ``threads``; the resolved device is what gets recorded. A parameter
-    of the wrong type or value (papermill passes whatever it is given) stops the chapter here, in one line.
-    Returns ``(device, recorder)`` and prints the run id the chapter's rows carry.
+
+def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """A chapter's parameters, read from its namespace right after the parameters cell (and papermill's)."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _NOT_PARAMETERS
+            and isinstance(v, _PARAMETER_TYPES)}
+
+
+class Chapter:
+    """One chapter's run: its parameters (listed once, in the parameters cell), device, recorder and the shared
+    mechanics: building the model, the profiler and the inputs, reading its rows back, the seed's published
+    figures, glue, and the end matter. ``Chapter(name, globals())`` right after the parameters cell.
+
+    A parameter of the wrong type or value (papermill passes whatever it is given) stops the chapter here, in
+    one line. ``device`` and ``threads`` are required; the resolved device is what gets recorded.
     """
-    import warnings
 
-    import torch
+    def __init__(self, name: str, namespace: Mapping[str, Any]) -> None:
+        import warnings
 
-    from .checks import check_parameters
-    from .timing import resolve_device
+        import torch
 
-    check_parameters(params)
-    warnings.filterwarnings("ignore", category=UserWarning)  # mmdet's "checkpoint is None" and friends
-    torch.set_num_threads(int(params["threads"]))
-    dev = resolve_device(params["device"])
-    rec = recorder(notebook, {**params, "device": str(dev)})
-    print("run", rec.run_id, "on", dev)
-    return dev, rec
+        from .checks import check_parameters
+        from .timing import resolve_device
+
+        self.name = name
+        self.params = parameters(namespace)
+        check_parameters(self.params)
+        warnings.filterwarnings("ignore", category=UserWarning)  # mmdet's "checkpoint is None" and friends
+        torch.set_num_threads(int(self.params["threads"]))
+        self.device = resolve_device(self.params["device"])
+        self.rec = recorder(name, {**self.params, "device": str(self.device)})
+        print("run", self.rec.run_id, "on", self.device)
+
+    @property
+    def run_id(self) -> str:
+        return self.rec.run_id
+
+    def model(self, config: str | None = None, *, scale: str | None = None, dets: int | None = None,
+              rpn_proposals: int | None = None):
+        """The chapter's detector (conditioned random weights unless ``checkpoint`` is set); each knob defaults to
+        the parameter of the same name, else to the config's value."""
+        from .models import Workload, build_detector, parse_size
+
+        p = self.params
+        workload = Workload(scale=parse_size(scale or p.get("scale")), dets_per_image=dets or p.get("dets"),
+                            rpn_proposals=rpn_proposals or p.get("rpn_proposals"))
+        return build_detector(config or p["config"], checkpoint=p.get("checkpoint"), device=str(self.device),
+                              workload=workload)
+
+    def profiler(self, model, **kw):
+        """A profiler that records into this chapter's rows, with its ``repeats`` and ``warmup``."""
+        from .profiler import Profiler
+
+        kw = {"repeats": self.params.get("repeats", 3), "warmup": self.params.get("warmup", 1), **kw}
+        return Profiler(model, device=str(self.device), recorder=self.rec, **kw)
+
+    def samples(self, size: str | None, n: int | None = None) -> list:
+        """The first ``n`` (default ``n_images``) sample photos, re-encoded at ``size`` (WxH)."""
+        from .profiler import prepare_inputs
+
+        return prepare_inputs(default_images(n or self.params.get("n_images")), size)
+
+    def rows(self, name: str | None = None) -> pd.DataFrame:
+        """This run's rows, read back from its CSV (``name``: a table recorded beside them)."""
+        return load_rows(self.rec, name=name)
+
+    def record(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
+        return record_table(self.rec, name, df)
+
+    def equivalence(self, name: str, predictors: Mapping[str, Any], images: list, **extra) -> pd.DataFrame:
+        """Each predictor's ``equivalence_report`` on ``images``, recorded as ``name``; read back, one row per label.
+
+        ``predictors`` maps a row label to a function returning a ``Predictor``: one that fails (building or
+        checking) becomes an error row and the others go on.
+        """
+        reports = []
+        for label, make in predictors.items():
+            try:
+                r = make().equivalence_report(images)
+            except Exception as e:
+                r = pd.DataFrame([{"error": f"{type(e).__name__}: {e}"}])
+            reports.append(r.assign(row=label, **extra))
+        self.record(name, pd.concat(reports, ignore_index=True))
+        rows = self.rows(name)
+        for key, value in extra.items():
+            rows = rows[rows[key] == value]
+        return rows.groupby("row", sort=False).mean(numeric_only=True).reindex(list(predictors))
+
+    def glue(self, **values: Any) -> None:
+        for name, value in values.items():
+            glue(name, value)
+
+    def seed_table(self, stage: str, before: str, after: str, system: str = "mmdet 2.19 (seed)") -> pd.DataFrame:
+        """The seed's published speed-up of ``stage`` from variant ``before`` to ``after``, per scale (RTX 3080)."""
+        df = seed_figures()
+        df = df[(df["system"] == system) & (df["stage"] == stage) & df["variant"].isin([before, after])]
+        t = df.pivot_table(index="scale", columns="variant", values="value")[[before, after]]
+        t["seed speed-up (published)"] = t[before] / t[after]
+        show_table(t, 2)
+        return t
+
+    def end(self) -> pd.DataFrame:
+        """The end matter: the environment this run recorded (not typed)."""
+        return environment_table(self.run_id)
 
 
 def recorder(notebook: str, params: Mapping[str, Any], name: str | None = None) -> Recorder:
@@ -96,18 +176,6 @@ def environment_table(run_id: str) -> pd.DataFrame:
     return pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=list(flat))
 
 
-def seed_figures() -> pd.DataFrame:
-    return pd.read_csv(REFERENCE_DIR / "seed_figures.csv")
-
-
-def seed_table(scale: str = "1333x800", system: str = "mmdet 2.19 (seed)") -> pd.DataFrame:
-    """The seed's RTX 3080 per-stage table (published, not measured here)."""
-    df = seed_figures()
-    df = df[(df["scale"] == scale) & (df["system"] == system)]
-    t = df.pivot_table(index="variant", columns="stage", values="value", sort=False)
-    return t
-
-
 def glue(name: str, value: Any, display: bool = False) -> Any:
     """myst-nb glue; numpy scalars become Python floats (NumPy 2 reprs break ``{glue:text}`` formats)."""
     from myst_nb import glue as _glue
@@ -141,6 +209,22 @@ def stacked_stages(table: pd.DataFrame, ax=None, title: str = "", stages=S.STAGE
     return ax
 
 
+def scaling_chart(df: pd.DataFrame, x: str, y: str, hue: str, ax=None, title: str = "", xlabel: str | None = None,
+                  ylabel: str | None = None, log: bool = True):
+    """One line per ``hue`` of ``y`` against ``x`` (log-log by default): how a cost grows with the workload."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    if log:
+        ax.set(xscale="log", yscale="log")
+    ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
 def show_table(df: pd.DataFrame, digits: int = 1):
     """Display rounded, never wrapped: a wrapped text table changes shape with the width of its numbers."""
     from IPython.display import display
@@ -151,19 +235,9 @@ def show_table(df: pd.DataFrame, digits: int = 1):
 
 def record_table(rec: Recorder, name: str, df: pd.DataFrame) -> pd.DataFrame:
     """Append a small tidy table (equivalence figures, throughput...) beside the chapter's rows, tagged by run."""
-    from .records import write_tidy
-
     df = df.copy()
     df.insert(0, "run_id", rec.run_id)
     df.insert(1, "notebook", rec.notebook)
     df.insert(2, "git_sha", rec.git_sha)
-    path = rec.path.with_name(f"{name}.csv")
-    if path.exists():  # keep the file's columns; new columns go at the end of a fresh header
-        old = pd.read_csv(path, nrows=0).columns.tolist()
-        if set(df.columns) - set(old):
-            full = pd.concat([pd.read_csv(path), df], ignore_index=True)
-            full.to_csv(path, index=False)
-            return df
-        df = df.reindex(columns=old)
-    write_tidy(path, df.to_dict("records"), df.columns)
+    append_rows(rec.path.with_name(f"{name}.csv"), df.to_dict("records"))
     return df

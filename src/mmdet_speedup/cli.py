@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import checks
-from .records import REPO_ROOT
-
-DEFAULT_IMAGE = REPO_ROOT / "data" / "images" / "coffee.jpg"
+from .project import sample_image
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,18 +50,26 @@ def _count(name: str, minimum: int = 1) -> Callable:
     return parse
 
 
+def _flag(name: str) -> Callable:
+    values = {"on": True, "off": False, "auto": "auto"}
+
+    def parse(text: str):
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"{name} must be on, off or auto, got {text!r}")
+        return values[text]
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    from .masks import MASK_VARIANTS
-    from .precision import PRECISIONS
-    from .preprocess import PREPROCESS_VARIANTS
-    from .roi_align import ROI_ALIGN_IMPLS
+    from .choices import AUTO, FLAGS, STOCK, VARIANTS
 
     p = _Parser(prog="python -m mmdet_speedup", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("profile", help="time every stage of a two-stage detector, per variant")
     q.add_argument("config", help="config path or mmdet packaged config name, e.g. mask-rcnn_r50_fpn_1x_coco")
     q.add_argument("--checkpoint", help="real weights (default: conditioned random weights)")
-    q.add_argument("--image", nargs="+", default=None, help=f"image paths (default: {DEFAULT_IMAGE.name})")
+    q.add_argument("--image", nargs="+", default=None,
+                   help=f"image paths (default: {sample_image().name}, shipped with the package)")
     q.add_argument("--input-size", default=None, type=_typed(checks.size, "input size"),
                    help="resize the photo to WxH before the pipeline (comma list ok)")
     q.add_argument("--scale", default="1333x800", type=_typed(checks.size, "scale"),
@@ -76,15 +82,14 @@ def parser() -> argparse.ArgumentParser:
                    help="detections per image (max_per_img; comma list ok)")
     q.add_argument("--rpn-pre-nms", default=None, type=_typed(lambda v: checks.count(v, "rpn-pre-nms"), "rpn-pre-nms"),
                    help="RPN top-N before NMS (comma list ok)")
-    q.add_argument("--preprocess", default="stock", type=_options(PREPROCESS_VARIANTS, "preprocess"),
-                   help=",".join(PREPROCESS_VARIANTS))
-    q.add_argument("--precision", default="fp32", type=_options(PRECISIONS, "precision"), help=",".join(PRECISIONS))
-    q.add_argument("--masks", default="full", type=_options(MASK_VARIANTS, "masks"), help=",".join(MASK_VARIANTS))
-    q.add_argument("--channels-last", action="store_true")
-    q.add_argument("--fold-bn", action="store_true")
-    q.add_argument("--roi-align", default="mmcv", type=_options(ROI_ALIGN_IMPLS, "roi-align"),
-                   help=",".join(ROI_ALIGN_IMPLS))
-    q.add_argument("--compile", action="store_true", help="TorchInductor for backbone and neck (compiles on warm-up)")
+    for name, variants in VARIANTS.items():
+        options = variants + (AUTO,) * (AUTO not in variants)
+        q.add_argument(f"--{name.replace('_', '-')}", default=getattr(STOCK, name), type=_options(options, name),
+                       help=f"{','.join(options)} (comma list ok; default {getattr(STOCK, name)})")
+    for name in FLAGS:
+        q.add_argument(f"--{name.replace('_', '-')}", nargs="?", const=True, default=getattr(STOCK, name),
+                       type=_flag(name), help=f"on, off or auto (bare flag: on; default {'on' if getattr(STOCK, name) else 'off'})"
+                       + ("; TorchInductor for backbone and neck, compiled on warm-up" if name == "compile" else ""))
     q.add_argument("--rle", action="store_true", help="also time a consumer that RLE-encodes every mask")
     q.add_argument("--out", default=None, help="append tidy rows to this CSV")
     q.add_argument("--traceback", action="store_true", help="show the full traceback of an unexpected error")
@@ -93,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args) -> list[str]:
     """Everything the user gave that can be checked before any work; returns the images."""
+    from . import precision
+    from .choices import AUTO
     from .models import load_config
     from .pipeline import load_image
     from .timing import resolve_device
@@ -104,11 +111,12 @@ def check(args) -> list[str]:
         dev = resolve_device(args.device)
     except ValueError as e:
         raise checks.InputError(str(e)) from None
-    if dev.type != "cuda" and any(p.startswith("fp16") for p in _list(args.precision)):
-        raise checks.InputError("fp16 needs CUDA (TensorCores); on the CPU use bf16")
+    for p in _list(args.precision):
+        if p != AUTO:
+            precision.check(p, dev)  # e.g. fp16 without CUDA, before any model is built
     if args.out and Path(args.out).is_dir():
         raise checks.InputError(f"--out {args.out} is a directory; give a CSV file path")
-    images = args.image or [str(DEFAULT_IMAGE)]
+    images = args.image or [str(sample_image())]
     for im in images:
         load_image(checks.image_file(im))
     return images
@@ -118,7 +126,7 @@ def profile(args, state: dict) -> int:
     import pandas as pd
 
     from .models import Workload, build_detector, parse_size
-    from .pipeline import Choices
+    from .choices import Choices
     from .profiler import Profiler, prepare_inputs, stage_gap, stage_table
     from .records import Recorder
 
@@ -138,8 +146,8 @@ def profile(args, state: dict) -> int:
             prof = Profiler(model, device=args.device, recorder=recorder, repeats=args.repeats, warmup=args.warmup,
                             threads=args.threads, consumer=args.rle, progress=True)
             multi = len(_list(args.scale)) * len(_list(args.dets)) * len(_list(args.rpn_pre_nms)) * len(_list(args.input_size)) > 1
-            variants = {(f"{c.label()} @{samples[0].size[0]}x{samples[0].size[1]}>{scale[0]}x{scale[1]} dets={dets} pre={pre}"
-                         if multi else c.label()): c for c in choices}
+            variants = {(f"{c.resolve(prof.device, model).label()} @{samples[0].size[0]}x{samples[0].size[1]}>{scale[0]}x{scale[1]} dets={dets} pre={pre}"
+                         if multi else c.resolve(prof.device, model).label()): c for c in choices}
             frames.append(prof.run(variants, samples))
     df = pd.concat(frames, ignore_index=True)
     errors = df[df["status"] == "error"]

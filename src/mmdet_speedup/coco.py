@@ -8,7 +8,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .masks import rle_encode
 from .pipeline import Detections
@@ -30,22 +30,34 @@ def to_coco_results(dets: Detections, image_id: int, cat_ids: Sequence[int]) -> 
     return out
 
 
-def coco_ap(results: list[dict], ann_file: str | Path, iou_types: Sequence[str] = ("bbox", "segm")) -> dict[str, float]:
-    """COCO AP (IoU .50:.95) and AP50 per IoU type; quiet."""
+def coco_ap(results: list[dict], ann_file: str | Path, iou_types: Sequence[str] = ("bbox", "segm"),
+            img_ids: Iterable[int] | None = None) -> dict[str, float]:
+    """COCO AP (IoU .50:.95) and AP50 per IoU type; quiet.
+
+    ``img_ids`` are the images that were run: only their ground truth is scored, and one of them without a
+    single result still counts (all its objects missed). ``None`` scores every image of ``ann_file``.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(ann_file))
-        out: dict[str, float] = {}
-        if not results:
-            return {f"{t}_AP": 0.0 for t in iou_types}
+    ids = set(gt.getImgIds()) if img_ids is None else {int(i) for i in img_ids}
+    if ids - set(gt.getImgIds()):
+        raise ValueError(f"image ids {sorted(ids - set(gt.getImgIds()))} are not in {ann_file}")
+    stray = {int(r["image_id"]) for r in results} - ids
+    if stray:
+        raise ValueError(f"results for image ids {sorted(stray)}, which are not among the images scored")
+    if not results:
+        return {f"{t}_{k}": 0.0 for t in iou_types for k in ("AP", "AP50")}
+    out: dict[str, float] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         for t in iou_types:
             if t == "segm" and "segmentation" not in results[0]:
                 continue
             ev = COCOeval(gt, dt, t)
-            ev.params.imgIds = sorted({r["image_id"] for r in results} | set(gt.getImgIds()))
+            ev.params.imgIds = sorted(ids)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
@@ -53,17 +65,18 @@ def coco_ap(results: list[dict], ann_file: str | Path, iou_types: Sequence[str] 
     return out
 
 
-def evaluate(predictor, ann_file: str | Path, img_dir: str | Path, max_images: int | None = None,
-             stock: bool = False) -> dict[str, float]:
-    """Run ``predictor`` (or its stock pipeline) over the annotated images and score them."""
+def evaluate(pipe, ann_file: str | Path, img_dir: str | Path, max_images: int | None = None) -> dict[str, float]:
+    """Run ``pipe`` (a ``StagedPipeline``) over the first ``max_images`` annotated images and score those."""
+    from .cascade import final
+
     ann = json.loads(Path(ann_file).read_text())
     cat_ids = sorted(c["id"] for c in ann["categories"])
-    num_classes = predictor.stock_model.roi_head.bbox_head.num_classes
+    num_classes = final(pipe.model.roi_head.bbox_head).num_classes
     if len(cat_ids) != num_classes:
         raise ValueError(f"{ann_file} has {len(cat_ids)} categories but the model predicts {num_classes} classes")
-    pipe = predictor.stock() if stock else predictor.pipeline
+    ran = ann["images"][:max_images]
     results = []
-    for img in ann["images"][:max_images]:
+    for img in ran:
         dets = pipe(str(Path(img_dir) / img["file_name"]))
         results += to_coco_results(dets, img["id"], cat_ids)
-    return coco_ap(results, ann_file)
+    return coco_ap(results, ann_file, img_ids=[img["id"] for img in ran])  # the images run, not the whole file

@@ -12,11 +12,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .pipeline import ImageLike, StagedPipeline, load_image
+from .pipeline import ImageLike, StagedPipeline
 
 
 class ReaderError(RuntimeError):
@@ -75,13 +75,12 @@ class PrefetchReader:
     def _prepare(self, i: int, src: ImageLike) -> Prepared:
         name = _name(src, i)
         try:
-            img = load_image(src)
-            hb = self.pipe.pre.host(img)
+            hb = self.pipe.preprocess(self.pipe.load(src))
             if self._stream is None:
-                inputs, samples = self.pipe.pre.to_device(hb)
+                inputs, samples = self.pipe.to_device(hb)
                 return Prepared(name, inputs, samples)
             with torch.cuda.stream(self._stream):
-                inputs, samples = self.pipe.pre.to_device(hb)
+                inputs, samples = self.pipe.to_device(hb)
                 ev = torch.cuda.Event()
                 ev.record(self._stream)
             return Prepared(name, inputs, samples, ev)
@@ -133,22 +132,59 @@ def throughput(fn: Callable[[], list], n_images: int, device: torch.device) -> f
     return n_images / (time.perf_counter() - t0)
 
 
-def compare_loading(pipe: StagedPipeline, sources: Sequence[ImageLike], *, passes: int = 2, depth: int = 4,
-                    workers: int = 1) -> list[dict]:
-    """Serial versus overlapped passes over ``sources`` (after a warm-up pass each), interleaved.
+#: The loading comparison's variants (``Profiler.run_loading`` times each over the same stream, interleaved):
+#: ``overlapped`` runs the reader at a lower priority, ``overlapped (equal priority)`` does not.
+LOADING: dict[str, Callable[..., list]] = {
+    "serial": lambda pipe, sources, **kw: run_serial(pipe, sources),
+    "overlapped": run_overlapped,
+    "overlapped (equal priority)": lambda pipe, sources, **kw: run_overlapped(pipe, sources, nice=0, **kw),
+}
 
-    ``overlapped`` runs the reader at a lower priority; ``overlapped (equal priority)`` does not.
+
+def overlap_bound(stages: Mapping[str, float]) -> float:
+    """The most overlapped loading can win, from a serial profile (ms per stage): 1 / (1 - loading / total).
+
+    Loading is ``load + preprocess + data_preprocessor``; the bound assumes loading gets a core of its own.
     """
-    variants = {"serial": lambda: run_serial(pipe, sources),
-                "overlapped": lambda: run_overlapped(pipe, sources, depth=depth, workers=workers),
-                "overlapped (equal priority)": lambda: run_overlapped(pipe, sources, depth=depth, workers=workers,
-                                                                      nice=0)}
-    run_serial(pipe, sources[:2])
-    run_overlapped(pipe, sources[:2], depth=depth, workers=workers)
-    rows = []
-    for rep in range(passes):
-        for name, fn in variants.items():
-            ips = throughput(fn, len(sources), pipe.device)
-            rows.append({"variant": name, "repeat": rep, "images_per_s": ips, "ms": 1e3 / ips,
-                         "stage": "total", "status": "ok"})
-    return rows
+    from . import stages as S
+
+    loading = sum(stages[s] for s in (S.LOAD, S.PREPROCESS, S.DATA_PREPROCESSOR))
+    return 1 / (1 - loading / stages[S.TOTAL])
+
+
+#: ``loading_summary``'s columns for the bound and the two speed-ups over ``serial``.
+BOUND, SPEEDUP, SPEEDUP_EQUAL = "bound (1/(1-f))", "speed-up", "speed-up, equal priority"
+
+
+def loading_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Serial against overlapped throughput per model scale, with the bound from the serial profile.
+
+    ``rows``: a run's ``Profiler.run`` rows (the serial profile: every variant not in ``LOADING``) and its
+    ``Profiler.run_loading`` rows. Per scale, in the order the rows ran: the median loading ms per image
+    (``load + preprocess + data_preprocessor``), the serial total, loading's share *f*, the bound 1 / (1 - f)
+    (``overlap_bound`` of the per-stage medians), the median images/s of each ``LOADING`` variant, the
+    speed-ups over ``serial`` and the share of the bound the low-priority reader reached (``reached / bound``).
+    """
+    import pandas as pd
+
+    from . import stages as S
+
+    ok = rows[rows["status"] == "ok"]
+    loading = ok["variant"].isin(list(LOADING))
+    per_img = ok[~loading].pivot_table(index=["scale", "repeat", "image"], columns="stage", values="ms")
+    per_img = per_img.groupby("scale").median()
+    load = per_img[S.LOAD] + per_img[S.PREPROCESS] + per_img[S.DATA_PREPROCESSOR]
+    tp = ok[loading].pivot_table(index="scale", columns="variant", values="images_per_s", aggfunc="median")
+    out = pd.DataFrame({"loading ms": load, "serial total ms": per_img[S.TOTAL], "loading share": load / per_img[S.TOTAL],
+                        BOUND: per_img.apply(overlap_bound, axis=1), "serial img/s": tp["serial"],
+                        "overlapped img/s": tp["overlapped"], "equal-priority img/s": tp["overlapped (equal priority)"]})
+    out[SPEEDUP] = out["overlapped img/s"] / out["serial img/s"]
+    out[SPEEDUP_EQUAL] = out["equal-priority img/s"] / out["serial img/s"]
+    out["reached / bound"] = out[SPEEDUP] / out[BOUND]
+    return out.reindex(pd.unique(ok["scale"])).rename_axis("scale")
+
+
+def exceeds_bound(case: Mapping[str, float], tolerance: float = 0.01) -> bool:
+    """Whether either reader's speed-up in one ``loading_summary`` row is above the bound by more than
+    ``tolerance`` (a fraction): only noise can do that, so then no gain from overlap can be claimed."""
+    return max(case[SPEEDUP], case[SPEEDUP_EQUAL]) > (1 + tolerance) * case[BOUND]

@@ -57,8 +57,9 @@ def region_rle(region: Tensor, y0: int, x0: int, image_size: tuple[int, int]) ->
     return rle
 
 
-class LazyMasks:
-    """Common API of the lazy results: ``len``, ``paste(i)`` (box-local bool + offset), ``to_full()``, ``to_rle()``."""
+class Masks:
+    """What every mask output offers: ``len``, ``paste(i)`` (box-local bool + offset), ``to_full()``, ``to_rle()``,
+    ``nbytes()``. The lazy ones (``box``, ``raw``) pay the paste only when asked."""
 
     image_size: tuple[int, int]
 
@@ -85,7 +86,7 @@ class LazyMasks:
 
 
 @dataclass
-class BoxMasks(LazyMasks):
+class BoxMasks(Masks):
     """Each mask pasted only inside its box, with its offset: memory grows with box area, not image area."""
 
     regions: list[Tensor]
@@ -103,7 +104,7 @@ class BoxMasks(LazyMasks):
 
 
 @dataclass
-class RawMasks(LazyMasks):
+class RawMasks(Masks):
     """The mask head's probabilities (N x 1 x M x M, any M) and boxes in original-image coordinates."""
 
     probs: Tensor
@@ -124,7 +125,36 @@ class RawMasks(LazyMasks):
 
 
 @dataclass
-class LegacyMasks:
+class FullMasks(Masks):
+    """mmdet 3.3's output: an N x H x W bool tensor (on the host)."""
+
+    masks: Tensor
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.masks.shape[-2:])
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, index) -> "FullMasks":
+        return FullMasks(self.masks[index])
+
+    def paste(self, i: int) -> tuple[Tensor, int, int]:
+        return self.masks[i], 0, 0
+
+    def to_full(self) -> Tensor:
+        return self.masks
+
+    def to_rle(self) -> list[dict]:
+        return [rle_encode(m.numpy()) for m in self.masks]
+
+    def nbytes(self) -> int:
+        return self.masks.numel() * self.masks.element_size()
+
+
+@dataclass
+class LegacyMasks(Masks):
     """mmdet 2.x's output: per class, a list of full-size host bool arrays."""
 
     per_class: list[list[np.ndarray]]
@@ -140,6 +170,10 @@ class LegacyMasks:
             return torch.zeros(0, h, w, dtype=torch.bool)
         return torch.from_numpy(np.stack([self.per_class[c][j] for c, j in self.order]))
 
+    def paste(self, i: int) -> tuple[Tensor, int, int]:
+        c, j = self.order[i]
+        return torch.from_numpy(self.per_class[c][j]), 0, 0
+
     def to_rle(self) -> list[dict]:
         return [rle_encode(self.per_class[c][j]) for c, j in self.order]
 
@@ -147,21 +181,10 @@ class LegacyMasks:
         return sum(m.nbytes for cls in self.per_class for m in cls)
 
 
-def full_masks(masks) -> Tensor | None:
-    """Any mask output as an N x H x W bool CPU tensor."""
-    if masks is None:
-        return None
-    if isinstance(masks, Tensor):
-        return masks.cpu()
-    return masks.to_full()
+def check(variant: str) -> str:
+    from .checks import choice
 
-
-def masks_nbytes(masks) -> int:
-    if masks is None:
-        return 0
-    if isinstance(masks, Tensor):
-        return masks.numel() * masks.element_size()
-    return masks.nbytes()
+    return choice(variant, MASK_VARIANTS, "masks")
 
 
 def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict):
@@ -172,8 +195,6 @@ def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict)
     """
     from .cascade import final, is_cascade
 
-    if variant not in MASK_VARIANTS:
-        raise ValueError(f"unknown masks variant {variant!r}; choose from {', '.join(MASK_VARIANTS)}")
     cfg = roi_head.test_cfg
     head, activated = final(roi_head.mask_head), is_cascade(roi_head)
     if variant in ("full", "legacy"):
@@ -181,7 +202,7 @@ def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict)
             mask_preds=(mask_preds,), results_list=[results], batch_img_metas=[meta], rcnn_test_cfg=cfg,
             rescale=True, activate_map=activated)[0]
         if variant == "full":
-            return results, results.masks.cpu()
+            return results, FullMasks(results.masks.cpu())
         return results, _legacy(results.masks, results.labels.cpu(), head.num_classes)
     h, w = meta["ori_shape"][:2]
     bboxes = results.bboxes
@@ -215,3 +236,65 @@ def _legacy(masks: Tensor, labels: Tensor, num_classes: int) -> LegacyMasks:
         order.append((c, len(per_class[c])))
         per_class[c].append(masks[i].cpu().numpy())  # one host copy per instance, as mmdet 2.x did
     return LegacyMasks(per_class, order, tuple(masks.shape[-2:]))
+
+
+# -- the mask sweep's summaries (``Profiler.run_masks`` rows) -------------------------------------------------
+import pandas as pd  # noqa: E402  (only the summaries below need it)
+
+from . import stages as _S  # noqa: E402
+
+
+def sweep_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """``Profiler.run_masks`` rows, one row per (``input_size``, ``dets_per_image``, ``variant``).
+
+    Columns: the median ms of ``mask_postprocess`` and of ``consumer.rle`` (over images and repeats), ``together``
+    (the sum of those two medians), ``MB held`` (median MB the results hold, ``mask_bytes``), ``dets`` (median
+    detections out) and ``megapixels`` of the input. Error rows are left out; rows come by image size, detections,
+    then variant in ``MASK_VARIANTS`` order (other labels after them).
+    """
+    from .models import megapixels
+
+    keys = ["input_size", "dets_per_image", "variant"]
+    ok = rows[rows["status"] == "ok"]
+    med = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="median")
+    post = ok[ok["stage"] == _S.MASK_POSTPROCESS].groupby(keys)
+    out = pd.DataFrame({_S.MASK_POSTPROCESS: med[_S.MASK_POSTPROCESS], _S.CONSUMER_RLE: med[_S.CONSUMER_RLE]})
+    out["together"] = out[_S.MASK_POSTPROCESS] + out[_S.CONSUMER_RLE]
+    out["MB held"] = post["mask_bytes"].median() / 2**20
+    out["dets"] = post["dets_out"].median()
+    out = out.reset_index()
+    out["megapixels"] = out["input_size"].map(megapixels)
+    rank = {v: i for i, v in enumerate(MASK_VARIANTS)}
+    order = out.assign(_rank=out["variant"].map(rank).fillna(len(rank)))
+    order = order.sort_values(["megapixels", "input_size", "dets_per_image", "_rank", "variant"], kind="stable")
+    return out.loc[order.index].reset_index(drop=True)
+
+
+def _case(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> pd.DataFrame:
+    case = summary[(summary["input_size"] == input_size) & (summary["dets_per_image"] == dets_per_image)]
+    if case.empty:
+        raise ValueError(f"no mask rows at {input_size} with {dets_per_image} detections per image")
+    return case.set_index("variant")
+
+
+def consumer_bill(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> pd.DataFrame:
+    """The consumer's bill of one case of ``sweep_summary``: per variant, median ms of ``mask_postprocess``, of the
+    RLE consumer (``consumer.rle``) and of both together, what a consumer wanting every mask as COCO RLE pays."""
+    bill = _case(summary, input_size, dets_per_image)[[_S.MASK_POSTPROCESS, _S.CONSUMER_RLE, "together"]]
+    bill.columns.name = "part"
+    return bill
+
+
+def findings(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> dict[str, float]:
+    """One case's figures from ``sweep_summary`` (needs the ``full``, ``legacy``, ``box`` and ``raw`` variants).
+
+    ``raw_vs_legacy``, ``raw_vs_full``, ``box_vs_full``: how many times faster ``mask_postprocess`` is;
+    ``raw_rle_vs_full_rle``: ``full``'s post-processing plus RLE consumer over ``raw``'s; ``mem_<variant>_mb``: MB
+    the results of ``full``, ``box`` and ``raw`` hold.
+    """
+    case = _case(summary, input_size, dets_per_image)
+    post, together, mb = case[_S.MASK_POSTPROCESS], case["together"], case["MB held"]
+    return {"raw_vs_legacy": float(post["legacy"] / post["raw"]), "raw_vs_full": float(post["full"] / post["raw"]),
+            "box_vs_full": float(post["full"] / post["box"]),
+            "raw_rle_vs_full_rle": float(together["full"] / together["raw"]),
+            "mem_full_mb": float(mb["full"]), "mem_box_mb": float(mb["box"]), "mem_raw_mb": float(mb["raw"])}

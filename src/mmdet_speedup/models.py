@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .checks import InputError, checkpoint_file, size
+from .preprocess import resize_step
 from .timing import resolve_device
 
 
@@ -63,6 +64,11 @@ def parse_size(text: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return size(text)
 
 
+def megapixels(text: str | tuple[int, int]) -> float:
+    w, h = size(text)
+    return w * h / 1e6
+
+
 def config_path(config: str | os.PathLike) -> Path:
     """A config path, or the name of one of mmdet's packaged configs (e.g. ``mask-rcnn_r50_fpn_1x_coco``)."""
     p = Path(config)
@@ -101,16 +107,8 @@ def apply_workload(cfg, w: Workload) -> None:
         test_cfg.rpn.nms_pre = int(w.rpn_pre_nms)
     if w.rpn_proposals is not None:
         test_cfg.rpn.max_per_img = int(w.rpn_proposals)
-    if w.scale is not None:
-        for t in _test_pipeline(cfg):
-            if t.get("type") == "Resize":
-                t["scale"] = tuple(w.scale)
-
-
-def _test_pipeline(cfg) -> list:
-    if cfg.get("test_dataloader") is not None:
-        return cfg.test_dataloader.dataset.pipeline
-    return cfg.get("test_pipeline", [])
+    if w.scale is not None and resize_step(cfg) is not None:
+        resize_step(cfg)["scale"] = tuple(w.scale)
 
 
 # -- what the staged pipeline can split ----------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """NMS workbench: seeded synthetic boxes with known objects, interchangeable NMS implementations,
-a timing sweep that writes tidy rows, and the scaling/crossover fits read off it.
+a timing sweep that writes tidy rows, and the scaling/crossover fits read off it; then the summaries of the
+C4-versus-FPN question read off profiler rows (per-stage ratios, the pre-NMS sweep) and Detectron's published
+model-zoo times.
 
 Every implementation has the signature ``(boxes, scores, idxs, iou_threshold) -> keep`` where ``keep``
 is an int64 index tensor sorted by decreasing score. ``idxs`` are class (or FPN level) indices; the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -29,7 +32,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from mmdet_speedup.records import BENCHMARK_VERSION, git_sha, new_run_id, write_tidy
+from mmdet_speedup import stages as S
+from mmdet_speedup.environment import git_sha
+from mmdet_speedup.records import BENCHMARK_VERSION, append_rows, new_run_id
 from mmdet_speedup.timing import benchmark, resolve_device
 
 NmsFn = Callable[[Tensor, Tensor, Tensor, float], Tensor]
@@ -267,7 +272,7 @@ def sweep(ns: Iterable[int], implementations: Iterable[str] | Mapping[str, NmsFn
                                 "message": f"{type(e).__name__}: {e}"[:500]}]
                     rows.extend(new)
                     if out_csv is not None:
-                        write_tidy(out_csv, new, NMS_COLUMNS)
+                        append_rows(out_csv, new, NMS_COLUMNS)
     return rows
 
 
@@ -317,3 +322,138 @@ def crossover(df: pd.DataFrame, a: str = "offset", b: str = "per_class", **where
     while i > 0 and b_faster[i - 1]:
         i -= 1
     return int(wide.index[i])
+
+
+def slope_table(df: pd.DataFrame, iou_threshold: float, n_min: int | None = None) -> pd.DataFrame:
+    """``fit_slope`` at one IoU threshold as a table: one row per implementation, one column per box set.
+
+    ``n_min`` defaults to the middle of the measured sizes (the upper half of the sweep, where fixed overhead
+    no longer hides the asymptotic cost).
+    """
+    if n_min is None:
+        sizes = sorted(df["n"].unique())
+        n_min = int(sizes[len(sizes) // 2])
+    slopes = fit_slope(df, n_min=n_min)
+    slopes = slopes[slopes["iou_threshold"] == iou_threshold]
+    return slopes.pivot_table(index="implementation", columns="box_set", values="slope")
+
+
+def steepest(slopes: pd.DataFrame) -> tuple[float, str]:
+    """The steepest slope of a ``slope_table`` and where it is: ``(slope, "<implementation> on <box_set> boxes")``."""
+    stacked = slopes.stack()
+    impl, box_set = stacked.idxmax()
+    return float(stacked.max()), f"{impl} on {box_set} boxes"
+
+
+def crossovers(df: pd.DataFrame, iou_threshold: float, a: str = "offset",
+               b: str = "per_class") -> dict[str, int | None]:
+    """``crossover`` of ``a`` and ``b`` per box set at one IoU threshold: from which n ``b`` is faster (None: never)."""
+    return {box_set: crossover(df, a, b, box_set=box_set, iou_threshold=iou_threshold)
+            for box_set in sorted(df["box_set"].unique())}
+
+
+def plot_sweep(df: pd.DataFrame, iou_threshold: float):
+    """The workbench's chart: median ms against n per implementation (log-log), one panel per box set."""
+    import seaborn as sns
+
+    med = _medians(df[df["iou_threshold"] == iou_threshold], ["box_set", "implementation"])
+    g = sns.relplot(data=med, x="n", y="ms", hue="implementation", col="box_set", kind="line", marker="o",
+                    height=3.6, aspect=1.2, facet_kws={"sharey": False})
+    g.set(xscale="log", yscale="log")
+    for ax in g.axes.flat:
+        ax.grid(alpha=0.3, which="both")
+    device, classes = str(df["device"].iat[0]).split(":")[0], int(df["num_classes"].iat[0])
+    g.fig.suptitle(f"NMS time against boxes in (IoU {iou_threshold}, {device}, {classes} classes)", y=1.04)
+    return g
+
+
+def recall_table(ks: Iterable[int], *, n: int = 12000, num_objects: int = 60, iou_threshold: float = 0.7,
+                 seed: int = 0) -> pd.DataFrame:
+    """``topk_recall`` for each (distinct) k on one seeded set of ``n`` clustered boxes: columns ``k``, ``recall``."""
+    box_set = clustered_boxes(n, num_objects=num_objects, seed=seed)
+    ks = sorted({int(k) for k in ks})
+    return pd.DataFrame({"k": ks, "recall": [topk_recall(box_set, k, iou_threshold) for k in ks]})
+
+
+def plot_recall(recall: pd.DataFrame, ax=None, *, n: int = 12000, num_objects: int = 60):
+    """A ``recall_table`` (made with ``n`` boxes around ``num_objects`` objects) as recall against k (log k)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(recall["k"], recall["recall"], marker="o")
+    ax.set(xscale="log", xlabel=f"pre-NMS top-k (synthetic clusters, {n} boxes, {num_objects} objects)",
+           ylabel="object recall", title="What a smaller N costs", ylim=(0, 1.05))
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+# --------------------------------------------------------------------------- C4 versus FPN (profiler rows)
+
+#: The whole RoI head: the box head, the mask head and the masks' post-processing.
+ROI_HEAD = "roi head"
+#: What each variant did, read from the profiler's rows: the RPN's pre-NMS N, the boxes each NMS took in, detections.
+WORK_COLUMNS = ("rpn_pre_nms", "rpn_nms_in", "bbox_nms_in", "dets_out")
+
+
+def stage_comparison(rows: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """Median ms per image per stage (``stage_table``), one row per variant in ``order``, with a ``roi head``
+    column (``roi_bbox + roi_mask + mask_postprocess``) and the median work each variant did (``WORK_COLUMNS``)."""
+    from mmdet_speedup.profiler import stage_table  # imports mmdet: only when profiler rows are read
+
+    t = stage_table(rows).reindex(list(order))
+    t[ROI_HEAD] = t[[c for c in (S.ROI_BBOX, S.ROI_MASK, S.MASK_POSTPROCESS) if c in t]].sum(axis=1)
+    ok = rows[rows["status"] == "ok"]
+    return t.join(ok.groupby("variant")[list(WORK_COLUMNS)].median())
+
+
+def c4_fpn_ratio(table: pd.DataFrame) -> pd.DataFrame:
+    """C4's time over FPN's for ``rpn``, ``rpn.nms``, the RoI head and ``total``: one column per detector family,
+    for every family with both a ``"<family> C4"`` and a ``"<family> FPN"`` row in ``table`` (a ``stage_comparison``)."""
+    families = [v[:-3] for v in table.index if v.endswith(" C4") and f"{v[:-3]} FPN" in table.index]
+    parts = [S.RPN, S.RPN_NMS, ROI_HEAD, S.TOTAL]
+    return pd.DataFrame({f: table.loc[f"{f} C4", parts] / table.loc[f"{f} FPN", parts] for f in families},
+                        index=parts).astype(float)
+
+
+def pre_nms_medians(rows: pd.DataFrame) -> pd.DataFrame:
+    """Pre-NMS sweep rows (variants ``"<arch> pre=<N>"``) as median ms of ``rpn`` and ``rpn.nms`` per arch and N,
+    with the boxes NMS took in (``nms_in``: median ``rpn_nms_in``) and ``series``, ``"<arch> <stage>"`` (a chart's line).
+    """
+    ok = rows[(rows["status"] == "ok") & rows["stage"].isin([S.RPN, S.RPN_NMS])]
+    ok = ok.assign(arch=ok["variant"].str.split(" pre=").str[0])
+    out = ok.groupby(["arch", "rpn_pre_nms", "stage"], as_index=False).agg(
+        ms=("ms", "median"), nms_in=("rpn_nms_in", "median"))
+    return out.assign(series=out["arch"] + " " + out["stage"])
+
+
+def pre_nms_table(medians: pd.DataFrame) -> pd.DataFrame:
+    """``pre_nms_medians`` wide: one row per (arch, N), ms per stage, and ``nms_in``."""
+    keys = ["arch", "rpn_pre_nms"]
+    return medians.pivot_table(index=keys, columns="stage", values="ms").join(medians.groupby(keys)["nms_in"].first())
+
+
+def pre_nms_growth(medians: pd.DataFrame, arch: str, stage: str = S.RPN_NMS) -> dict[str, float]:
+    """How ``stage`` grows over ``arch``'s pre-NMS sweep: the smallest and largest N (``lo``, ``hi``) and the
+    ratio of its median ms at ``hi`` to that at ``lo`` (``growth``)."""
+    s = medians[(medians["arch"] == arch) & (medians["stage"] == stage)].set_index("rpn_pre_nms")["ms"].sort_index()
+    return {"lo": float(s.index[0]), "hi": float(s.index[-1]), "growth": float(s.iloc[-1] / s.iloc[0])}
+
+
+# --------------------------------------------------------------------------- Detectron's published model zoo
+
+def detectron_zoo(path: str | Path | None = None, lr_schd: str = "1x") -> pd.DataFrame:
+    """Detectron's published inference times (``data/reference/detectron_model_zoo.csv``) for one schedule:
+    table, backbone, type, seconds per image in its GPU code (``inference_s_per_im``) and in its unoptimized
+    CPU code (``inference_extra_s``)."""
+    from mmdet_speedup.project import reference_dir
+
+    dz = pd.read_csv(path or reference_dir() / "detectron_model_zoo.csv")
+    return dz[dz["lr_schd"] == lr_schd][["table", "backbone", "type", "inference_s_per_im", "inference_extra_s"]]
+
+
+def zoo_c4_over_fpn(zoo: pd.DataFrame) -> dict[str, float]:
+    """From ``detectron_zoo``: end-to-end inference time of R-50-C4 over R-50-FPN, per type (Faster, Mask)."""
+    e2e = zoo[zoo["table"].str.contains("End-to-End", case=False)].set_index(["type", "backbone"])["inference_s_per_im"]
+    return {t: float(e2e.loc[(t, "R-50-C4")] / e2e.loc[(t, "R-50-FPN")])
+            for t in e2e.index.get_level_values("type").unique()}

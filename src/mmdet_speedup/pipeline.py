@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import cv2
 import numpy as np
@@ -20,65 +20,22 @@ from torch import Tensor
 from . import stages as S
 from .cascade import final, is_cascade, merged_mask_probs, run_bbox_stages
 from .checks import InputError
-from .masks import MASK_VARIANTS, full_masks, postprocess
-from .models import check_two_stage
-from .precision import PRECISIONS, Precision, apply, to_float, to_nchw_float
+from .choices import STOCK, Choices
 from .compile import compile_features
-from .roi_align import ROI_ALIGN_IMPLS, swap_roi_align
-from .preprocess import PREPROCESS_VARIANTS, make_preprocessor
+from .masks import FullMasks, postprocess
+from .models import check_two_stage, clone
+from .precision import Precision, apply, to_float, to_nchw_float
+from .preprocess import HostBatch, make_preprocessor
+from .roi_align import swap_roi_align
 from .timing import NullTimer, resolve_device
+
+NULL = NullTimer()
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray]
 
 
 class ImageLoadError(InputError):
     pass
-
-
-@dataclass(frozen=True)
-class Choices:
-    """One choice per swappable stage; an optimization is a set of choices, never a fork of the pipeline."""
-
-    preprocess: str = "stock"
-    precision: str = "fp32"
-    channels_last: bool = False
-    fold_bn: bool = False
-    masks: str = "full"
-    roi_align: str = "mmcv"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.preprocess not in PREPROCESS_VARIANTS:
-            raise ValueError(f"unknown preprocess {self.preprocess!r}; choose from {', '.join(PREPROCESS_VARIANTS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        if self.masks not in MASK_VARIANTS:
-            raise ValueError(f"unknown masks {self.masks!r}; choose from {', '.join(MASK_VARIANTS)}")
-        if self.roi_align not in ROI_ALIGN_IMPLS:
-            raise ValueError(f"unknown roi_align {self.roi_align!r}; choose from {', '.join(ROI_ALIGN_IMPLS)}")
-
-    def label(self) -> str:
-        parts = [self.preprocess, self.precision]
-        if self.channels_last:
-            parts.append("cl")
-        if self.fold_bn:
-            parts.append("foldbn")
-        if self.roi_align != "mmcv":
-            parts.append(f"roi-{self.roi_align}")
-        if self.compile:
-            parts.append("compiled")
-        parts.append(self.masks)
-        return "/".join(parts)
-
-    def changes_model(self) -> bool:
-        return (self.precision != "fp32" or self.channels_last or self.fold_bn or self.roi_align != "mmcv"
-                or self.compile)
-
-    def replace(self, **kw) -> "Choices":
-        return replace(self, **kw)
-
-
-STOCK = Choices()
 
 
 @dataclass
@@ -96,7 +53,7 @@ class Detections:
         return len(self.scores)
 
     def mask_array(self) -> Tensor | None:
-        return full_masks(self.masks)
+        return None if self.masks is None else self.masks.to_full()
 
 
 def clone_instances(results):
@@ -154,6 +111,17 @@ def _wrap_nms(module, stage: str, count_key: str) -> None:
     module.batched_nms = batched_nms
 
 
+@contextlib.contextmanager
+def probe(timer) -> Iterator[dict[str, int]]:
+    """Times mmdet's NMS calls inside ``timer``'s stages and counts their boxes, for this context only."""
+    counts: dict[str, int] = {}
+    token = _PROBE.set(_Probe(timer, counts))
+    try:
+        yield counts
+    finally:
+        _PROBE.reset(token)
+
+
 def install_nms_probes() -> None:
     import mmdet.models.dense_heads.rpn_head as rpn_head
     import mmdet.models.layers.bbox_nms as bbox_nms
@@ -162,95 +130,158 @@ def install_nms_probes() -> None:
     _wrap_nms(bbox_nms, S.ROI_BBOX_NMS, "bbox_nms_in")
 
 
+@dataclass
+class Features:
+    """Backbone(+neck) maps as computed (reduced dtype, channels_last where chosen), and their RoI form.
+
+    RoIAlign wants fp32 NCHW maps: mmcv's kernel misreads channels_last memory, torchvision's is slower on it.
+    ``roi`` converts once (dtype and layout together) when the box head first asks, so the copy is charged to
+    ``roi_bbox``: at 3840x2304 converting the FPN maps is no rounding error.
+    """
+
+    maps: tuple[Tensor, ...]
+    _roi: tuple[Tensor, ...] | None = None
+
+    @property
+    def roi(self) -> tuple[Tensor, ...]:
+        if self._roi is None:
+            self._roi = tuple(to_nchw_float(t) for t in self.maps)
+        return self._roi
+
+
+@dataclass
+class MaskInputs:
+    """What ``mask_postprocess`` receives for one image: mask logits, the box results and the metainfo."""
+
+    logits: Tensor
+    results: Any
+    meta: dict
+
+    def copy(self) -> "MaskInputs":
+        """mmdet's paste rescales the boxes in place: a sweep that reuses its inputs post-processes copies."""
+        return MaskInputs(self.logits, clone_instances(self.results), self.meta)
+
+
 class StagedPipeline:
     """Runs one image through the named stages with the given choices.
 
-    For choices that change the model (precision, channels_last, BatchNorm folding, RoIAlign, compile) pass a
-    copy: the levers mutate the modules they are given (``optimize`` does this for you).
+    Each stage range is a public method that times itself (``load``, ``preprocess``, ``to_device``, ``features``,
+    ``proposals``, ``boxes``, ``mask_logits``, ``postprocess_masks``); ``__call__`` is their composition. Choices
+    are resolved for the device and model (``Choices.resolve``); choices that change the model (precision,
+    channels_last, BatchNorm folding, RoIAlign, compile) work on the pipeline's own copy of it.
     """
 
     def __init__(self, model, choices: Choices = STOCK, device: str | torch.device = "auto") -> None:
         check_two_stage(model)
         install_nms_probes()
-        self.model = model
-        self.choices = choices
         self.device = resolve_device(device)
-        self.precision = Precision(choices.precision, self.device)
-        apply(model, self.precision, channels_last=choices.channels_last, fold_bn=choices.fold_bn)
-        swap_roi_align(model.roi_head, choices.roi_align)
-        if choices.compile:
-            compile_features(model, self.device)
-        self.pre = make_preprocessor(choices.preprocess, model, self.device)
-        self.with_mask = bool(getattr(model.roi_head, "with_mask", False))
-        self.cascade = is_cascade(model.roi_head)
-        self._capture: list | None = None
-        if not self.with_mask and choices.masks != "full":
-            raise ValueError(f"masks={choices.masks!r} needs a model with a mask head "
-                             f"({type(model).__name__} has none)")
+        self.choices = c = choices.resolve(self.device, model)
+        self.model = clone(model) if c.changes_model() else model
+        self.precision = Precision(c.precision, self.device)
+        apply(self.model, self.precision, channels_last=c.channels_last, fold_bn=c.fold_bn)
+        swap_roi_align(self.model.roi_head, c.roi_align)
+        if c.compile:
+            compile_features(self.model, self.device)
+        self.pre = make_preprocessor(c.preprocess, self.model, self.device)
+        self.with_mask = bool(getattr(self.model.roi_head, "with_mask", False))
+        self.cascade = is_cascade(self.model.roi_head)
+
+    def __repr__(self) -> str:
+        return f"StagedPipeline({self.choices.label()}, device={self.device})"
 
     @torch.no_grad()
     def __call__(self, image: ImageLike, timer=None) -> Detections:
         timer = timer or NullTimer()
-        with timer.stage(S.LOAD):
-            img = load_image(image)
-        with timer.stage(S.PREPROCESS):
-            hb = self.pre.host(img)
-        with timer.stage(S.DATA_PREPROCESSOR):
-            inputs, samples = self.pre.to_device(hb)
+        inputs, samples = self.prepare(image, timer)
         return self.from_inputs(inputs, samples, timer)
 
+    # -- the stages, in order ---------------------------------------------------------------------------------
+    def load(self, image: ImageLike, timer=NULL) -> np.ndarray:
+        with timer.stage(S.LOAD):
+            return load_image(image)
+
+    def preprocess(self, img: np.ndarray, timer=NULL) -> HostBatch:
+        with timer.stage(S.PREPROCESS):
+            return self.pre.host(img)
+
+    def to_device(self, hb: HostBatch, timer=NULL) -> tuple[Tensor, list]:
+        with timer.stage(S.DATA_PREPROCESSOR):
+            return self.pre.to_device(hb)
+
+    def prepare(self, image: ImageLike, timer=NULL) -> tuple[Tensor, list]:
+        """``load``, ``preprocess`` and ``to_device``: the model's inputs and data samples."""
+        return self.to_device(self.preprocess(self.load(image, timer), timer), timer)
+
+    @torch.no_grad()
+    def features(self, inputs: Tensor, timer=NULL) -> Features:
+        m, prec = self.model, self.precision
+        with prec.autocast():
+            with timer.stage(S.BACKBONE):  # the input's layout/dtype cast is the backbone's to pay
+                x = m.backbone(prec.input(inputs, self.choices.channels_last))
+            if m.with_neck:
+                with timer.stage(S.NECK):
+                    x = m.neck(x)
+        return Features(tuple(x))
+
+    @torch.no_grad()
+    def proposals(self, feats: Features, metas: list[dict], timer=NULL) -> list:
+        rpn = self.model.rpn_head
+        with timer.stage(S.RPN):
+            with self.precision.autocast():
+                outs = rpn(feats.maps)
+            return rpn.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
+
+    @torch.no_grad()
+    def boxes(self, feats: Features, metas: list[dict], proposals: list, timer=NULL):
+        """The box head and its NMS: one image's results (boxes rescaled here only when there are no masks)."""
+        with timer.stage(S.ROI_BBOX):
+            return self._predict_bbox(feats.roi, metas, proposals, timer)[0]
+
+    @torch.no_grad()
+    def mask_logits(self, feats: Features, results, meta: dict, timer=NULL) -> MaskInputs:
+        with timer.stage(S.ROI_MASK):
+            return MaskInputs(self._mask_forward(feats.roi, results, meta, timer), results, meta)
+
+    @torch.no_grad()
+    def postprocess_masks(self, m: MaskInputs, timer=NULL, variant: str | None = None):
+        """Mask logits to the chosen output (``variant`` overrides the choice); returns (results, masks)."""
+        with timer.stage(S.MASK_POSTPROCESS):
+            results, masks = postprocess(variant or self.choices.masks, self.model.roi_head, m.logits, m.results,
+                                         m.meta)
+            if self.device.type != "cpu":
+                results = results.cpu()
+        return results, masks
+
+    # -- compositions -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def from_inputs(self, inputs: Tensor, samples: list, timer=None) -> Detections:
         """The stages after ``data_preprocessor``, on inputs already on the device (e.g. from a reader)."""
         timer = timer or NullTimer()
-        counts: dict[str, int] = {}
-        token = _PROBE.set(_Probe(timer, counts))
-        try:
-            return self._forward(inputs, samples, timer, counts)
-        finally:
-            _PROBE.reset(token)
-
-    def _forward(self, inputs: Tensor, samples: list, timer, counts: dict[str, int]) -> Detections:
-        m, c, prec = self.model, self.choices, self.precision
-        metas = [s.metainfo for s in samples]
-        with prec.autocast():
-            with timer.stage(S.BACKBONE):  # the input's layout/dtype cast is the backbone's to pay
-                x = m.backbone(prec.input(inputs, c.channels_last))
-            if m.with_neck:
-                with timer.stage(S.NECK):
-                    x = m.neck(x)
-        with timer.stage(S.RPN):
-            with prec.autocast():
-                outs = m.rpn_head(x)
-            proposals = m.rpn_head.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
-        with timer.stage(S.ROI_BBOX):
-            # RoIAlign wants fp32 NCHW features: mmcv's kernel misreads channels_last memory, torchvision's is
-            # slower on it. One copy per map (dtype and layout together), charged here: at 3840x2304 converting
-            # the FPN maps is no rounding error.
-            x = tuple(to_nchw_float(t) for t in x)
-            results = self._predict_bbox(x, metas, proposals, timer)[0]
-        masks = None
-        if self.with_mask:
-            with timer.stage(S.ROI_MASK):
-                mask_preds = self._mask_forward(x, results, metas[0], timer)
-            if self._capture is not None:
-                self._capture.append((mask_preds, clone_instances(results), metas[0]))
-            with timer.stage(S.MASK_POSTPROCESS):
-                results, masks = postprocess(c.masks, m.roi_head, mask_preds, results, metas[0])
-                if self.device.type != "cpu":
-                    results = results.cpu()
-        counts["dets_out"] = len(results)
+        with probe(timer) as counts:
+            results, m = self.heads(inputs, samples, timer)
+            masks = None
+            if m is not None:
+                results, masks = self.postprocess_masks(m, timer)
+            counts["dets_out"] = len(results)
+        meta = samples[0].metainfo
         return Detections(results.bboxes.cpu(), results.scores.cpu(), results.labels.cpu(), masks,
-                          tuple(metas[0]["ori_shape"][:2]), counts)
+                          tuple(meta["ori_shape"][:2]), counts)
 
-    def mask_inputs(self, image: ImageLike) -> tuple[Tensor, Any, dict]:
-        """What ``mask_postprocess`` receives for this image (mask logits, results, metainfo): to time it alone."""
-        self._capture = []
-        try:
-            self(image)
-            return self._capture[0]
-        finally:
-            self._capture = None
+    def heads(self, inputs: Tensor, samples: list, timer=NULL) -> tuple[Any, MaskInputs | None]:
+        """``features`` to ``roi_mask``: the box results, and the mask logits where the model has a mask head."""
+        metas = [s.metainfo for s in samples]
+        feats = self.features(inputs, timer)
+        results = self.boxes(feats, metas, self.proposals(feats, metas, timer), timer)
+        return results, self.mask_logits(feats, results, metas[0], timer) if self.with_mask else None
+
+    @torch.no_grad()
+    def mask_inputs(self, image: ImageLike) -> MaskInputs:
+        """Every stage up to ``roi_mask``, untimed: the inputs to time ``mask_postprocess`` alone."""
+        if not self.with_mask:
+            raise InputError(f"{type(self.model).__name__} has no mask head")
+        inputs, samples = self.prepare(image)
+        with probe(NULL):
+            return self.heads(inputs, samples)[1]
 
     def _head(self, kind: str, parent: str, timer):
         """One RoI head forward, under autocast and cast back to fp32; a cascade stage gets its own range."""
@@ -307,5 +338,5 @@ def stock_test_step(model, image: ImageLike) -> Detections:
     with torch.no_grad():
         out = model.test_step(dict(inputs=[data["inputs"]], data_samples=[data["data_samples"]]))[0]
     p = out.pred_instances
-    masks = p.masks.cpu() if "masks" in p else None
+    masks = FullMasks(p.masks.cpu()) if "masks" in p else None
     return Detections(p.bboxes.cpu(), p.scores.cpu(), p.labels.cpu(), masks, tuple(img.shape[:2]))

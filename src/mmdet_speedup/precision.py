@@ -16,16 +16,28 @@ PRECISIONS = ("fp32", "fp16", "bf16", "fp16-weights", "bf16-weights")
 _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def check(name: str, device: torch.device | None = None) -> str:
+    """A known precision, and one the device can run (fp16 autocast needs CUDA)."""
+    from .checks import InputError, choice
+
+    choice(name, PRECISIONS, "precision")
+    if device is not None and name.startswith("fp16") and torch.device(device).type != "cuda":
+        raise InputError("fp16 needs CUDA (TensorCores); on the CPU use bf16 (AMX where the CPU has it)")
+    return name
+
+
+def studied(device: torch.device) -> str:
+    """The reduced precision a study compares with fp32 on this device, whether or not the hardware speeds it up."""
+    return "fp16" if torch.device(device).type == "cuda" else "bf16"
+
+
 @dataclass(frozen=True)
 class Precision:
     name: str
     device: torch.device
 
     def __post_init__(self) -> None:
-        if self.name not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.name!r}; choose from {', '.join(PRECISIONS)}")
-        if self.dtype is torch.float16 and self.device.type != "cuda":
-            raise ValueError("fp16 needs CUDA (TensorCores); on the CPU use bf16 (AMX where the CPU has it)")
+        check(self.name, self.device)
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -36,23 +36,34 @@ def _norm_params(model) -> tuple[torch.Tensor, torch.Tensor, bool, int, float]:
     return dp.mean, dp.std, bool(dp._channel_conversion), int(dp.pad_size_divisor), float(dp.pad_value)
 
 
+def test_steps(cfg) -> list:
+    """The config's test pipeline steps (the dataloader's, else the top-level ``test_pipeline``)."""
+    if cfg.get("test_dataloader") is not None:
+        return cfg.test_dataloader.dataset.pipeline
+    return cfg.get("test_pipeline", [])
+
+
+def resize_step(cfg) -> dict | None:
+    """The test pipeline's Resize step: the one place its target scale is read (and written, by the workload)."""
+    return next((t for t in test_steps(cfg) if str(t.get("type", "")).endswith("Resize")), None)
+
+
 def test_pipeline(model):
     """The config's test pipeline for in-memory arrays, as ``mmdet.apis.inference_detector`` builds it."""
     from mmcv.transforms import Compose
 
-    cfg = model.cfg.copy()
-    steps = [dict(t) for t in cfg.test_dataloader.dataset.pipeline if "LoadAnnotations" not in t["type"]]
+    steps = [dict(t) for t in test_steps(model.cfg.copy()) if "LoadAnnotations" not in t["type"]]
     steps[0]["type"] = "mmdet.LoadImageFromNDArray"
     return Compose(steps)
 
 
 def resize_target(model) -> tuple[int, int]:
-    for t in model.cfg.test_dataloader.dataset.pipeline:
-        if t["type"].endswith("Resize"):
-            if not t.get("keep_ratio", False):
-                raise ValueError("only keep_ratio Resize is supported by the legacy/device variants")
-            return tuple(t["scale"])
-    raise ValueError("the config's test pipeline has no Resize")
+    step = resize_step(model.cfg)
+    if step is None:
+        raise ValueError("the config's test pipeline has no Resize")
+    if not step.get("keep_ratio", False):
+        raise ValueError("only keep_ratio Resize is supported by the legacy/device variants")
+    return tuple(step["scale"])
 
 
 def rescaled_size(w: int, h: int, scale: tuple[int, int]) -> tuple[int, int]:
@@ -212,10 +223,14 @@ class AutoPreprocessor(Preprocessor):
 _VARIANTS = {c.name: c for c in (LegacyPreprocessor, StockPreprocessor, DevicePreprocessor, AutoPreprocessor)}
 
 
+def check(name: str) -> str:
+    from .checks import choice
+
+    return choice(name, PREPROCESS_VARIANTS, "preprocess")
+
+
 def make_preprocessor(name: str, model, device) -> Preprocessor:
-    if name not in _VARIANTS:
-        raise ValueError(f"unknown preprocess variant {name!r}; choose from {', '.join(PREPROCESS_VARIANTS)}")
-    return _VARIANTS[name](model, device)
+    return _VARIANTS[check(name)](model, device)
 
 
 def compare_inputs(model, img: np.ndarray, variant: str, device="cpu") -> dict:

@@ -4,18 +4,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 import cv2
 import pandas as pd
 import torch
 
 from . import stages as S
-from .masks import masks_nbytes, rle_encode
-from .models import clone, fmt_size, parse_size
-from .pipeline import STOCK, Choices, Detections, ImageLike, StagedPipeline, clone_instances, load_image
+from .choices import STOCK, Choices
+from .models import fmt_size, parse_size
+from .pipeline import Detections, ImageLike, MaskInputs, StagedPipeline, load_image
+from .preprocess import resize_step
 from .records import Recorder
-from .timing import PeakMemory, StageTimer, resolve_device, summarize
+from .timing import PeakMemory, StageTimer, Timers, resolve_device, summarize
 
 
 @dataclass
@@ -50,11 +51,9 @@ def prepare_inputs(images: Sequence[ImageLike], input_size: str | tuple[int, int
 
 def workload_of(model) -> dict:
     cfg = model.cfg
-    scale = None
-    for t in cfg.test_dataloader.dataset.pipeline:
-        if t["type"].endswith("Resize"):
-            scale = tuple(t["scale"])
-    return {"scale": fmt_size(scale), "rpn_pre_nms": cfg.model.test_cfg.rpn.get("nms_pre"),
+    step = resize_step(cfg)
+    return {"scale": fmt_size(tuple(step["scale"]) if step else None),
+            "rpn_pre_nms": cfg.model.test_cfg.rpn.get("nms_pre"),
             "dets_per_image": cfg.model.test_cfg.rcnn.get("max_per_img"),
             "config": getattr(model, "mmdet_speedup_config", "")}
 
@@ -63,18 +62,29 @@ def _dtype_name(choices: Choices) -> str:
     return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[choices.precision.split("-")[0]]
 
 
-def rle_consumer(dets) -> list[dict]:
+def rle_consumer(dets: Detections) -> list[dict]:
     """What a COCO-style consumer asks of every result: one RLE per instance."""
-    if dets.masks is None:
-        return []
-    if hasattr(dets.masks, "to_rle"):
-        return dets.masks.to_rle()
-    return [rle_encode(m.numpy()) for m in dets.masks]
+    return [] if dets.masks is None else dets.masks.to_rle()
+
+
+@dataclass
+class Stream:
+    """A sequence of encoded images run as one pass (the loading comparison's unit of work)."""
+
+    name: str
+    sources: list
+    size: tuple[int, int]
+
+
+Item = Union[Sample, Stream]
+#: one measurement: (label, the label's pipeline, its choices, the item, the repeat) -> rows
+Measure = Callable[[str, StagedPipeline, Choices, Item, int], list]
 
 
 class Profiler:
     """Profiles choice sets (variants) on one stock model; every measurement becomes tidy rows.
 
+    Every sweep (``run``, ``run_preprocess``, ``run_masks``, ``run_loading``) goes through one loop (``sweep``).
     ``clock`` is injectable (tests check the stage accounting without wall time).
     """
 
@@ -91,144 +101,136 @@ class Profiler:
         self.progress = progress
 
     def pipeline(self, choices: Choices) -> StagedPipeline:
-        model = clone(self.model) if choices.changes_model() else self.model
-        return StagedPipeline(model, choices, self.device)
+        return StagedPipeline(self.model, choices, self.device)
 
-    def run(self, variants: Mapping[str, Choices] | Iterable[Choices], samples: Sequence[Sample],
-            extra: Mapping | None = None) -> pd.DataFrame:
-        """Profile every variant on every sample, ``repeats`` times, interleaved.
+    def sweep(self, variants: Mapping[str, Choices], items: Sequence[Item], measure: Measure,
+              extra: Mapping | None = None, build: Callable[[Choices], StagedPipeline] | None = None) -> pd.DataFrame:
+        """Build each variant's pipeline, then ``warmup`` passes (dropped) and ``repeats`` passes, interleaved.
 
-        Each repeat runs every variant once, in turn: on a shared or throttling machine, drift then
-        lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair.
+        Each pass runs every variant once, in turn, on every item: on a shared or throttling machine, drift then
+        lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair. A variant
+        that fails (building or running) becomes an error row and leaves the sweep; the others go on.
         """
-        if not isinstance(variants, Mapping):
-            variants = {c.label(): c for c in variants}
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        build = build or self.pipeline
         out: list[dict] = []
         pipes: dict[str, StagedPipeline] = {}
+        resolved: dict[str, Choices] = {}  # what each row records: the variant's choices, as run
         for label, choices in variants.items():
             try:
-                pipes[label] = self.pipeline(choices)
-                for sample in samples:
-                    for _ in range(self.warmup):
-                        pipes[label](sample.data)
-            except Exception as e:  # a failed variant becomes an error row; the sweep goes on
+                pipes[label] = build(choices)
+                resolved[label] = choices.resolve(self.device, self.model)
+            except Exception as e:
                 pipes.pop(label, None)
                 out.append(self._error(label, choices, None, extra, e))
-        steps = [(rep, label) for rep in range(self.repeats) for label in list(pipes)]
+        steps = [(rep, label) for rep in range(-self.warmup, self.repeats) for label in list(pipes)]
         if self.progress:
             from tqdm.auto import tqdm
             steps = tqdm(steps, desc="runs")
         for rep, label in steps:
             if label not in pipes:
                 continue
-            choices, sample = variants[label], None
+            item = None
             try:
-                for sample in samples:
-                    with PeakMemory(self.device) as mem:
-                        rows = self._one(pipes[label], label, choices, sample, rep, extra)
-                    rows = [dict(r, peak_mem_mb=mem.peak_mb) for r in rows]
-                    self._emit(rows)
-                    out += rows
-            except Exception as e:
-                del pipes[label]
-                out.append(self._error(label, choices, sample, extra, e))
-        return pd.DataFrame(out)
-
-    def base_row(self, label: str, choices: Choices, sample: Sample | None, extra: Mapping | None) -> dict:
-        return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
-                "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
-                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "compile": choices.compile, "device": str(self.device),
-                "dtype": _dtype_name(choices), "threads": torch.get_num_threads(),
-                "input_size": fmt_size(sample.size) if sample else "", "image": sample.name if sample else "",
-                **(extra or {})}
-
-    def _one(self, pipe, label, choices, sample, rep, extra) -> list[dict]:
-        timer = StageTimer(self.device, clock=self.clock)
-        with timer.stage(S.TOTAL):
-            dets = pipe(sample.data, timer)
-        if self.consumer and dets.masks is not None:
-            with timer.stage(S.CONSUMER_RLE):
-                rle_consumer(dets)
-        base = dict(self.base_row(label, choices, sample, extra), repeat=rep, status="ok",
-                    rpn_nms_in=dets.counts.get("rpn_nms_in"), bbox_nms_in=dets.counts.get("bbox_nms_in"),
-                    dets_out=dets.counts.get("dets_out"), mask_bytes=masks_nbytes(dets.masks))
-        return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
-
-    def _interleaved(self, labels: Sequence[str], samples: Sequence[Sample], one: Callable, on_error: Callable) -> list:
-        """Warm-up passes (dropped), then ``repeats`` passes that each run every label once, in turn."""
-        out: list[dict] = []
-        failed: set[str] = set()
-        for rep in range(-self.warmup, self.repeats):
-            for sample in samples:
-                for label in labels:
-                    if label in failed:
-                        continue
-                    try:
-                        rows = one(label, sample, rep)
-                    except Exception as e:  # an error row; the other labels go on
-                        failed.add(label)
-                        out.append(on_error(label, sample, e))
-                        continue
+                for item in items:
+                    rows = [dict(self.base_row(label, resolved[label], item, extra), repeat=rep, status="ok", **r)
+                            for r in measure(label, pipes[label], resolved[label], item, rep)]
                     if rep >= 0:
                         self._emit(rows)
                         out += rows
-        return out
+            except Exception as e:
+                del pipes[label]
+                out.append(self._error(label, variants[label], item, extra, e))
+        return pd.DataFrame(out)
+
+    def run(self, variants: Mapping[str, Choices] | Iterable[Choices], samples: Sequence[Sample],
+            extra: Mapping | None = None) -> pd.DataFrame:
+        """The whole pipeline, per stage, for every variant on every sample."""
+        if not isinstance(variants, Mapping):
+            variants = {c.resolve(self.device, self.model).label(): c for c in variants}
+
+        def measure(label, pipe, choices, sample, rep) -> list[dict]:
+            timer = StageTimer(self.device, clock=self.clock)
+            with PeakMemory(self.device) as mem:
+                with timer.stage(S.TOTAL):
+                    dets = pipe(sample.data, timer)
+                if self.consumer and dets.masks is not None:
+                    with timer.stage(S.CONSUMER_RLE):
+                        rle_consumer(dets)
+            base = dict(rpn_nms_in=dets.counts.get("rpn_nms_in"), bbox_nms_in=dets.counts.get("bbox_nms_in"),
+                        dets_out=dets.counts.get("dets_out"), peak_mem_mb=mem.peak_mb,
+                        mask_bytes=0 if dets.masks is None else dets.masks.nbytes())
+            return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
+
+        return self.sweep(variants, samples, measure, extra)
 
     def run_preprocess(self, variants: Mapping[str, Choices], samples: Sequence[Sample],
                        extra: Mapping | None = None) -> pd.DataFrame:
-        """Only the host side and the device step: wall and process-CPU ms per stage, and bytes copied."""
-        from .preprocess import make_preprocessor
+        """Only ``load`` and the pre-processing stages: wall and process-CPU ms per stage, and bytes copied."""
 
-        pres = {label: make_preprocessor(c.preprocess, self.model, self.device) for label, c in variants.items()}
-
-        def one(label, sample, rep):
-            pre = pres[label]
+        def measure(label, pipe, choices, sample, rep) -> list[dict]:
             wall = StageTimer(self.device, clock=self.clock)
             cpu = StageTimer(self.device, clock=time.process_time, record_function=False)
-            with wall.stage(S.TOTAL), cpu.stage(S.TOTAL):
-                with wall.stage(S.LOAD), cpu.stage(S.LOAD):
-                    img = load_image(sample.data)
-                with wall.stage(S.PREPROCESS), cpu.stage(S.PREPROCESS):
-                    hb = pre.host(img)
-                with wall.stage(S.DATA_PREPROCESSOR), cpu.stage(S.DATA_PREPROCESSOR):
-                    pre.to_device(hb)
-            base = dict(self.base_row(label, variants[label], sample, extra), repeat=rep, status="ok",
-                        bytes_copied=hb.bytes_copied, chosen=hb.variant or variants[label].preprocess)
+            both = Timers(wall, cpu)
+            with both.stage(S.TOTAL):
+                hb = pipe.preprocess(pipe.load(sample.data, both), both)
+                pipe.to_device(hb, both)
+            base = dict(bytes_copied=hb.bytes_copied, chosen=hb.variant or pipe.choices.preprocess)
             return [dict(base, stage=k, ms=v, cpu_ms=cpu.times[k]) for k, v in wall.ms().items()]
 
-        return pd.DataFrame(self._interleaved(list(variants), samples, one,
-                                              lambda label, sample, e: self._error(label, variants[label], sample, extra, e)))
+        return self.sweep(variants, samples, measure, extra)
 
     def run_masks(self, variants: Mapping[str, str], samples: Sequence[Sample], choices: Choices = STOCK,
                   extra: Mapping | None = None) -> pd.DataFrame:
-        """Only ``mask_postprocess`` (and the RLE consumer), per mask variant, on the same captured inputs."""
-        from .masks import postprocess
+        """Only ``mask_postprocess`` (and the RLE consumer), per mask variant, on the same mask inputs.
 
+        The stages before it run once per sample (untimed); every variant post-processes a copy of their output.
+        """
         pipe = self.pipeline(choices)
-        captured = {id(sample): pipe.mask_inputs(sample.data) for sample in samples}
+        inputs: dict[int, MaskInputs] = {}
 
-        def one(label, sample, rep):
-            mask_preds, results, meta = captured[id(sample)]
+        def measure(label, pipe, choices, sample, rep) -> list[dict]:
+            if id(sample) not in inputs:
+                inputs[id(sample)] = pipe.mask_inputs(sample.data)
+            m = inputs[id(sample)].copy()
             timer = StageTimer(self.device, clock=self.clock)
-            res = clone_instances(results)
-            with timer.stage(S.MASK_POSTPROCESS):
-                res, masks = postprocess(variants[label], pipe.model.roi_head, mask_preds, res, meta)
-            dets = Detections(res.bboxes, res.scores, res.labels, masks, meta["ori_shape"][:2])
+            results, masks = pipe.postprocess_masks(m, timer, variant=choices.masks)
             with timer.stage(S.CONSUMER_RLE):
-                rle_consumer(dets)
-            base = dict(self.base_row(label, choices.replace(masks=variants[label]), sample, extra), repeat=rep,
-                        status="ok", dets_out=len(res), mask_bytes=masks_nbytes(masks))
+                masks.to_rle()
+            base = dict(dets_out=len(results), mask_bytes=masks.nbytes())
             return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
 
-        return pd.DataFrame(self._interleaved(
-            list(variants), samples, one,
-            lambda label, sample, e: self._error(label, choices.replace(masks=variants[label]), sample, extra, e)))
+        masked = {label: pipe.choices.replace(masks=v) for label, v in variants.items()}
+        return self.sweep(masked, samples, measure, extra, build=lambda _: pipe)
 
-    def _error(self, label, choices, sample, extra, e: Exception) -> dict:
+    def run_loading(self, choices: Choices, sources: Sequence[ImageLike], *, depth: int = 4, workers: int = 1,
+                    extra: Mapping | None = None) -> pd.DataFrame:
+        """Images per second of serial passes over ``sources`` against overlapped ones (``loader.LOADING``)."""
+        from .loader import LOADING, throughput
+
+        pipe = self.pipeline(choices)
+        first = load_image(sources[0])
+        stream = Stream(f"stream of {len(sources)}", list(sources), (first.shape[1], first.shape[0]))
+
+        def measure(label, pipe, choices, stream, rep) -> list[dict]:
+            ips = throughput(lambda: LOADING[label](pipe, stream.sources, depth=depth, workers=workers),
+                             len(stream.sources), pipe.device)
+            return [{"stage": S.TOTAL, "ms": 1e3 / ips, "images_per_s": ips}]
+
+        return self.sweep({label: choices for label in LOADING}, [stream], measure, extra, build=lambda _: pipe)
+
+    def base_row(self, label: str, choices: Choices, item: Item | None, extra: Mapping | None) -> dict:
+        return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
+                "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
+                "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "compile": choices.compile,
+                "device": str(self.device), "dtype": _dtype_name(choices) if choices.precision != "auto" else "",
+                "threads": torch.get_num_threads(), "input_size": fmt_size(item.size) if item else "",
+                "image": item.name if item else "", **(extra or {})}
+
+    def _error(self, label, choices, item, extra, e: Exception) -> dict:
         msg = f"{type(e).__name__}: {e}".replace("\n", " ")[:500]
-        row = dict(self.base_row(label, choices, sample, extra), stage=S.TOTAL, repeat=-1, ms=float("nan"),
+        row = dict(self.base_row(label, choices, item, extra), stage=S.TOTAL, repeat=-1, ms=float("nan"),
                    status="error", message=msg)
         self._emit([row])
         return row
@@ -266,4 +268,27 @@ def stage_gap(df: pd.DataFrame) -> pd.DataFrame:
     parts = [c for c in S.STAGES if c in t.columns]
     out = pd.DataFrame({"sum_of_stages": t[parts].sum(axis=1), "total": t[S.TOTAL]})
     out["gap_pct"] = 100 * (out["total"] - out["sum_of_stages"]) / out["total"]
+    return out
+
+
+def preprocess_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """``run_preprocess`` rows per (case, variant): median wall and CPU ms of ``preprocess + data_preprocessor``
+    per image, median ``load`` ms, MB copied, the input's megapixels and what ``auto`` chose (its most common pick).
+
+    A case is ``"<input size> > <model scale>"``; medians are over repeats and images.
+    """
+    from .models import megapixels
+
+    ok = rows[rows["status"] == "ok"].assign(case=lambda d: d["input_size"] + " > " + d["scale"])
+    keys = ["case", "variant", "repeat", "image"]
+    wall = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="sum")
+    cpu = ok.pivot_table(index=keys, columns="stage", values="cpu_ms", aggfunc="sum")
+    per = pd.DataFrame({"pre_ms": wall[S.PREPROCESS] + wall[S.DATA_PREPROCESSOR],
+                        "pre_cpu_ms": cpu[S.PREPROCESS] + cpu[S.DATA_PREPROCESSOR], "load_ms": wall[S.LOAD]})
+    by = ok.groupby(["case", "variant"], sort=False)
+    out = per.groupby(["case", "variant"]).median().reindex(by.size().index)  # in the order measured
+    out["MB copied"] = by["bytes_copied"].median() / 2**20
+    out["chosen"] = by["chosen"].agg(lambda s: s.mode().iat[0])
+    out["megapixels"] = by["input_size"].first().map(megapixels)
+    out["scale"] = by["scale"].first()
     return out

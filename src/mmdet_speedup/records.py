@@ -5,13 +5,13 @@ import csv
 import datetime as _dt
 import json
 import os
-import platform
-import subprocess
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
-import torch
+from .environment import environment, git_sha
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
 BENCHMARK_VERSION = "1.2"
@@ -22,97 +22,11 @@ COLUMNS: tuple[str, ...] = (
     "input_size", "scale", "rpn_pre_nms", "dets_per_image", "stage", "repeat", "ms", "peak_mem_mb",
     "status", "message", "image", "fold_bn", "rpn_nms_in", "bbox_nms_in", "dets_out", "mask_bytes", "roi_align", "cpu_ms", "bytes_copied", "chosen", "images_per_s", "case", "sweep", "compile",
 )
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-RUN_OUTPUTS = ("book/executed", "data/results", "tests/nbval")
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=5)
-        sha = out.stdout.strip() or "unknown"
-        # a study run rewrites its own outputs as it goes: they must not mark the code it ran as dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *(f":(exclude){p}" for p in RUN_OUTPUTS)], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def new_run_id(prefix: str = "") -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     return f"{prefix}{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
-    except OSError:
-        pass
-    return []
-
-
-def matrix_engine(device: str = "cpu") -> str:
-    """What reduced precision runs on, in words: the hardware that decides whether bf16/fp16 pays."""
-    if str(device).startswith("cuda"):
-        return f"TensorCores ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "no CUDA device"
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return "AMX tiles (amx_bf16)"
-    if "avx512_bf16" in flags:
-        return "AVX-512 BF16 instructions (avx512_bf16) but no AMX tiles"
-    return "no bf16 instructions (bf16 is emulated, expect no gain)"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 matrix math in hardware (AMX or AVX-512 BF16), as ``matrix_engine`` says."""
-    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
-
-
-def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    import cv2
-    import mmcv
-    import mmdet
-    import mmengine
-    import numpy
-    import torchvision
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "benchmark_version": BENCHMARK_VERSION,
-        "git_sha": git_sha(),
-        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
-        "hostname_hash": uuid.uuid5(uuid.NAMESPACE_DNS, platform.node()).hex[:8],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": gpu,
-        "cuda": torch.version.cuda if gpu else None,
-        "versions": {
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "mmcv": mmcv.__version__,
-            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__,
-            "opencv": cv2.__version__,
-        },
-        "params": dict(params or {}),
-    }
 
 
 class Recorder:
@@ -126,53 +40,83 @@ class Recorder:
         self.run_id = run_id or os.environ.get("MMDET_SPEEDUP_RUN_ID") or new_run_id()
         self.rows_written = 0
         self.git_sha = git_sha()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _set_aside_if_other_columns(self.path, COLUMNS)
-        self.env = environment(params)
+        self.env = {"benchmark_version": BENCHMARK_VERSION, **environment(params)}
         env_dir = Path(env_dir) if env_dir else self.path.parent / "environment"
         env_dir.mkdir(parents=True, exist_ok=True)
         (env_dir / f"{self.run_id}.json").write_text(json.dumps({"run_id": self.run_id, "notebook": notebook,
                                                                   **self.env}, indent=2, default=str))
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        rows = list(rows)
-        new = not self.path.exists() or self.path.stat().st_size == 0
         now = _dt.datetime.now().isoformat(timespec="seconds")
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            for r in rows:
-                base = {"run_id": self.run_id, "timestamp": now, "git_sha": self.git_sha,
-                        "benchmark_version": BENCHMARK_VERSION, "notebook": self.notebook, "status": "ok"}
-                w.writerow({**base, **{k: v for k, v in r.items() if v is not None}})
-            f.flush()
-        self.rows_written += len(rows)
-        return len(rows)
+        base = {"run_id": self.run_id, "timestamp": now, "git_sha": self.git_sha,
+                "benchmark_version": BENCHMARK_VERSION, "notebook": self.notebook, "status": "ok"}
+        n = append_rows(self.path, [{**base, **{k: v for k, v in r.items() if v is not None}} for r in rows],
+                        COLUMNS)
+        self.rows_written += n
+        return n
 
 
-def _set_aside_if_other_columns(path: Path, columns: Iterable[str]) -> None:
-    """Rows written under other columns (an older benchmark version) move to a side file, never lost or mixed."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    if header != list(columns):
-        old = path.with_name(f"{path.stem}.old-{_dt.datetime.now():%Y%m%dT%H%M%S}{path.suffix}")
-        path.rename(old)
-        print(f"records: {path.name} had other columns (an older benchmark version); moved to {old.name}")
+def append_rows(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]],
+                columns: Sequence[str] | None = None) -> int:
+    """Append rows to a CSV, the one writer of rows; returns how many were written.
 
-
-def write_tidy(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> None:
-    """Append rows to a CSV with its own columns (e.g. the NMS workbench, equivalence figures)."""
+    With a declared schema (``columns``) rows keep to it: keys outside it are dropped, and a file holding a
+    column the schema no longer has is set aside (an incompatible change). Without one, the columns are the
+    file's plus the rows' new keys. Either way a new column goes at the end of the file's header (the file is
+    rewritten once) and the committed rows read as empty in it: adding a column never sets rows aside.
+    """
     path = Path(path)
+    rows = [dict(r) for r in rows]
+    if not rows:
+        return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(columns)
-    _set_aside_if_other_columns(path, columns)
-    new = not path.exists() or path.stat().st_size == 0
+    header = _header(path)
+    if columns is not None and set(header) - set(columns):
+        _set_aside(path)
+        header = []
+    wanted = list(columns) if columns is not None else [k for r in rows for k in r]
+    full = list(dict.fromkeys([*header, *wanted]))
+    if header and len(full) > len(header):
+        _extend_header(path, header, full)
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        if new:
+        w = csv.DictWriter(f, fieldnames=full, extrasaction="ignore")
+        if not header:
             w.writeheader()
-        for r in rows:
-            w.writerow(dict(r))
+        w.writerows(rows)
+    return len(rows)
+
+
+def _header(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def _set_aside(path: Path) -> None:
+    """Rows under columns the schema no longer has move to a side file: never lost, never mixed in."""
+    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    old = path.with_name(f"{path.stem}.old-{stamp}{path.suffix}")
+    n = 1
+    while old.exists():  # a rename onto an existing side file would lose it
+        old = path.with_name(f"{path.stem}.old-{stamp}-{n}{path.suffix}")
+        n += 1
+    path.rename(old)
+    print(f"records: {path.name} had columns the schema no longer has; moved to {old.name}")
+
+
+def _extend_header(path: Path, header: list[str], full: list[str]) -> None:
+    """Rewrite the file once under the longer header, atomically: an interrupt leaves the old file whole."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as dst, open(path, newline="") as src:
+            reader, writer = csv.reader(src), csv.writer(dst)
+            next(reader)
+            writer.writerow(full)
+            pad = [""] * (len(full) - len(header))
+            writer.writerows(row + pad for row in reader)
+        shutil.copymode(path, tmp)  # mkstemp's 0600 would make the committed CSV private
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -18,11 +18,15 @@ MIN_ROIS_PER_THREAD = 16  # below this, thread hand-off costs more than the slic
 _POOL: ThreadPoolExecutor | None = None
 
 
+def check(impl: str) -> str:
+    from .checks import choice
+
+    return choice(impl, ROI_ALIGN_IMPLS, "roi_align")
+
+
 def swap_roi_align(roi_head, impl: str) -> None:
     """Replace the RoI extractors' layers (bbox and mask) with ``impl``; ``mmcv`` leaves them as they are."""
-    if impl not in ROI_ALIGN_IMPLS:
-        raise ValueError(f"unknown roi_align {impl!r}; choose from {', '.join(ROI_ALIGN_IMPLS)}")
-    if impl == "mmcv":
+    if check(impl) == "mmcv":
         return
     extractors = []
     for name in ("bbox_roi_extractor", "mask_roi_extractor"):

@@ -56,6 +56,20 @@ class StageTimer:
         return dict(self.times)
 
 
+class Timers:
+    """Several timers over the same stages (e.g. wall clock and process CPU time), opened and closed together."""
+
+    def __init__(self, *timers) -> None:
+        self.timers = timers
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for t in self.timers:
+                stack.enter_context(t.stage(name))
+            yield
+
+
 class NullTimer:
     """Same interface, no cost: the pipeline runs identically without a profiler."""
 

@@ -1,0 +1,112 @@
+"""One choice per swappable stage, and the one place where "auto" becomes a concrete choice.
+
+An optimization is a set of choices, never a fork of the pipeline. Every field accepts ``"auto"``:
+``Choices.resolve(device, model)`` decides it from the device's capabilities and the model. A field listed in
+``MEASURED`` is the exception: its "auto" is decided by measuring, at run time, by the field's own module
+(``preprocess="auto"`` times the candidates once per input shape), so ``resolve`` leaves it as it is.
+Each value is validated by its own module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Union
+
+import torch
+
+from . import masks, precision, preprocess, roi_align
+from .checks import InputError
+
+AUTO = "auto"
+Flag = Union[bool, str]  # True, False or "auto"
+#: Fields whose "auto" the field's module resolves by measuring at run time (see the module docstring).
+MEASURED = ("preprocess",)
+#: Each string field's variants, from its own module.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "preprocess": preprocess.PREPROCESS_VARIANTS, "precision": precision.PRECISIONS,
+    "masks": masks.MASK_VARIANTS, "roi_align": roi_align.ROI_ALIGN_IMPLS,
+}
+FLAGS = ("channels_last", "fold_bn", "compile")
+_CHECKS = {"preprocess": preprocess.check, "precision": precision.check, "masks": masks.check,
+           "roi_align": roi_align.check}
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The defaults are mmdet as shipped (``STOCK``); ``Choices.auto()`` asks for the optimized choice everywhere."""
+
+    preprocess: str = "stock"
+    precision: str = "fp32"
+    channels_last: Flag = False
+    fold_bn: Flag = False
+    masks: str = "full"
+    roi_align: str = "mmcv"
+    compile: Flag = False
+
+    def __post_init__(self) -> None:
+        for name, check in _CHECKS.items():
+            if getattr(self, name) != AUTO:
+                check(getattr(self, name))
+        for name in FLAGS:
+            if getattr(self, name) not in (True, False, AUTO):
+                raise InputError(f"{name} must be True, False or 'auto', got {getattr(self, name)!r}")
+
+    @classmethod
+    def auto(cls, **given) -> "Choices":
+        return cls(**{f.name: AUTO for f in fields(cls)} | given)
+
+    @property
+    def resolved(self) -> bool:
+        return all(getattr(self, f.name) != AUTO or f.name in MEASURED for f in fields(self))
+
+    def resolve(self, device: str | torch.device, model=None) -> "Choices":
+        """Every "auto" (except ``MEASURED``) made concrete for ``device`` and ``model``; checked against both.
+
+        precision: fp16 on CUDA, bf16 on a CPU with bf16 matrix instructions (AMX or AVX-512 BF16), else fp32;
+        channels_last: with reduced precision; fold_bn and compile: off (compile costs tens of seconds per input
+        shape); masks: ``raw`` where the model has a mask head; roi_align: torchvision's kernel over threads on the
+        CPU, mmcv's on CUDA.
+        """
+        from .environment import cpu_has_bf16
+
+        dev = torch.device(device)
+        cuda = dev.type == "cuda"
+        with_mask = bool(getattr(getattr(model, "roi_head", None), "with_mask", False))
+        c = self
+        if c.precision == AUTO:
+            c = c.replace(precision="fp16" if cuda else "bf16" if cpu_has_bf16() else "fp32")
+        precision.check(c.precision, dev)
+        if c.channels_last == AUTO:
+            c = c.replace(channels_last=c.precision != "fp32")
+        c = c.replace(fold_bn=False if c.fold_bn == AUTO else c.fold_bn,
+                      compile=False if c.compile == AUTO else c.compile)
+        if c.masks == AUTO:
+            if model is None:
+                raise ValueError("masks='auto' needs the model (whether it has a mask head)")
+            c = c.replace(masks="raw" if with_mask else "full")
+        if model is not None and not with_mask and c.masks != "full":
+            raise InputError(f"masks={c.masks!r} needs a model with a mask head ({type(model).__name__} has none)")
+        if c.roi_align == AUTO:
+            c = c.replace(roi_align="mmcv" if cuda else "threaded")
+        return c
+
+    def label(self) -> str:
+        parts = [self.preprocess, self.precision]
+        flags = (("cl", self.channels_last), ("foldbn", self.fold_bn))
+        parts += [name if on is True else f"{name}:auto" for name, on in flags if on]
+        if self.roi_align != "mmcv":
+            parts.append(f"roi-{self.roi_align}")
+        if self.compile:
+            parts.append("compiled" if self.compile is True else "compiled:auto")
+        parts.append(self.masks)
+        return "/".join(str(p) for p in parts)
+
+    def changes_model(self) -> bool:
+        """Whether the levers mutate the model (then the pipeline works on its own copy)."""
+        return (self.precision != "fp32" or self.channels_last is not False or self.fold_bn is not False
+                or self.roi_align != "mmcv" or self.compile is not False)
+
+    def replace(self, **kw) -> "Choices":
+        return replace(self, **kw)
+
+
+STOCK = Choices()

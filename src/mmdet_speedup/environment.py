@@ -1,0 +1,99 @@
+"""What a run ran on: the commit, the CPU's matrix instructions, the GPU, the library versions."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .project import project_root
+
+RUN_OUTPUTS = ("book/executed", "data/results", "tests/nbval")
+
+
+def git_sha(root: Path | None = None) -> str:
+    """The commit of ``root`` (default: the project), ``-dirty`` when its code differs from it."""
+    cwd = root or project_root()
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, timeout=5)
+        sha = out.stdout.strip() or "unknown"
+        # a study run rewrites its own outputs as it goes: they must not mark the code it ran as dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in RUN_OUTPUTS)], cwd=cwd,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
+    except OSError:
+        pass
+    return []
+
+
+def matrix_engine(device: str = "cpu") -> str:
+    """What reduced precision runs on, in words: the hardware that decides whether bf16/fp16 pays."""
+    if str(device).startswith("cuda"):
+        return f"TensorCores ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "no CUDA device"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "AMX tiles (amx_bf16)"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16 instructions (avx512_bf16) but no AMX tiles"
+    return "no bf16 instructions (bf16 is emulated, expect no gain)"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix math in hardware (AMX or AVX-512 BF16), as ``matrix_engine`` says."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
+
+
+def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    import cv2
+    import mmcv
+    import mmdet
+    import mmengine
+    import numpy
+    import torchvision
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "git_sha": git_sha(),
+        "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
+        "hostname_hash": uuid.uuid5(uuid.NAMESPACE_DNS, platform.node()).hex[:8],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "cuda": torch.version.cuda if gpu else None,
+        "versions": {
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "mmcv": mmcv.__version__,
+            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__,
+            "opencv": cv2.__version__,
+        },
+        "params": dict(params or {}),
+    }

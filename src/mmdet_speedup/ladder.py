@@ -1,0 +1,218 @@
+"""The end-to-end ladder (chapter 06): fixed rows, each adding one optimization to the row above, and what is
+read from their rows: the per-case table, the Amdahl bound over the ``stock`` profile, the seed comparison.
+
+A case is ``"<input size>><model scale>"`` (WxH each), e.g. ``"3840x2304>1333x800"``. Every ratio is against
+``stock`` (mmdet 3.3's ``test_step``). The rows a run measured come back from its CSV; the functions below take
+those rows (or the per-case tables made from them) and never time anything.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from . import precision
+from . import stages as S
+from .choices import STOCK, Choices
+from .models import clone, set_workload
+from .optimize import Predictor
+from .pipeline import StagedPipeline
+from .profiler import stage_summary, stage_table
+from .project import reference_dir, seed_figures
+
+LEGACY, BASE = "legacy", "stock"
+#: The last row that keeps stock's results (the rows below it on a table change them).
+LAST_SAME = "+compile"
+#: The seed's first and last rows (``inference`` is mmdet 2.19 as published, ``inference_raw_mask`` its last row).
+SEED_SYSTEM, SEED_FIRST, SEED_LAST = "mmdet 2.19 (seed)", "inference", "inference_raw_mask"
+#: The seed's stages compared with ours, through ``data/reference/stage_map.csv``.
+SEED_STAGES = ("pre-processing", "backbone", "rpn_head", "roi_head", "total")
+WORKLOAD = ["rpn_nms_in", "bbox_nms_in", "dets_out"]
+AGREEMENT = ["matched_ref", "box_iou_mean", "mask_iou_mean"]
+
+
+def split_case(case: str) -> tuple[str, str]:
+    """``"3840x2304>1333x800"`` -> ``("3840x2304", "1333x800")``: the input size and the model's scale."""
+    size, scale = case.split(">")
+    return size, scale
+
+
+def ladder(device: str | torch.device) -> dict[str, Choices]:
+    """The result-preserving rows for ``device``, in order, each the row above plus one lever.
+
+    ``+precision`` is the precision a study compares with fp32 on the device (``precision.studied``: fp16 on CUDA,
+    bf16 on a CPU whether or not it has bf16 instructions); the RoIAlign rows exist on the CPU only (on CUDA mmcv's
+    kernel stays); the weights row is named after that precision (``+bf16 weights`` or ``+fp16 weights``).
+    """
+    low = precision.studied(device)
+    rows = {LEGACY: Choices(preprocess="legacy", masks="legacy"), BASE: STOCK}
+    rows["+precision"] = Choices(precision=low, channels_last=True)
+    rows["+auto preprocess"] = rows["+precision"].replace(preprocess="auto")
+    last = rows["+raw masks"] = rows["+auto preprocess"].replace(masks="raw")
+    if torch.device(device).type == "cpu":
+        rows["+torchvision RoIAlign"] = last.replace(roi_align="torchvision")
+        last = rows["+threaded RoIAlign"] = last.replace(roi_align="threaded")
+    rows["+fold BN"] = last.replace(fold_bn=True)
+    rows[f"+{low} weights"] = rows["+fold BN"].replace(precision=f"{low}-weights")
+    rows[LAST_SAME] = rows[f"+{low} weights"].replace(compile=True)
+    return rows
+
+
+def fewer_row(proposals: int) -> str:
+    """The name of the row that runs ``LAST_SAME``'s choices on a model keeping ``proposals`` RPN proposals."""
+    return f"+{proposals} proposals (changes results)"
+
+
+class Ladder:
+    """The ladder on one device: ``choices`` (row -> Choices, result-preserving), the ``fewer`` row (changes
+    results) and ``rows`` (every row name, in table order), with the mechanics of building and reading its rows."""
+
+    def __init__(self, device: str | torch.device, fewer_proposals: int) -> None:
+        self.device = torch.device(device)
+        self.low = precision.studied(self.device)
+        self.choices = ladder(self.device)
+        self.last_same = LAST_SAME
+        self.fewer_proposals = int(fewer_proposals)
+        self.fewer = fewer_row(self.fewer_proposals)
+        self.rows = [*self.choices, self.fewer]
+
+    def fewer_model(self, model):
+        """A copy of ``model`` whose RPN keeps ``fewer_proposals`` proposals (``model`` is left as it is)."""
+        fewer = clone(model)
+        set_workload(fewer, rpn_proposals=self.fewer_proposals)
+        return fewer
+
+    def predictors(self, model, fewer_model) -> dict[str, Callable[[], Predictor]]:
+        """Per row, a function making its ``Predictor`` (for ``Chapter.equivalence``). Every row is checked against
+        ``stock`` on ``model``; the ``fewer`` row runs ``fewer_model`` and is checked against the stock model with
+        the stock workload, so what it changes shows."""
+        makers: dict[str, Callable[[], Predictor]] = {row: partial(Predictor, model, c, self.device)
+                                                for row, c in self.choices.items()}
+        makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.last_same], self.device,
+                                               reference=StagedPipeline(model, STOCK, self.device))
+        return makers
+
+    def tables(self, rows: pd.DataFrame, agreement: pd.DataFrame | None,
+               cases: Sequence[str]) -> dict[str, pd.DataFrame]:
+        """``case_table`` per case, in the ladder's row order."""
+        return {case: case_table(rows[rows["case"] == case], _of_case(agreement, case), self.rows) for case in cases}
+
+    def per_case(self, rows: pd.DataFrame, cases: Sequence[str],
+                 summary: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+        """``summary`` (one row per variant, e.g. ``stage_gap`` or ``total_spread``) of each case, indexed by
+        (case, row) in the ladder's order."""
+        return pd.concat({case: summary(rows[rows["case"] == case]).reindex(self.rows) for case in cases},
+                         names=["case", "row"])
+
+    def bounds(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+        """``amdahl_bound`` per case."""
+        return pd.DataFrame([{"case": case, **amdahl_bound(t, self.last_same, self.fewer)}
+                             for case, t in tables.items()]).set_index("case")
+
+    def seed_comparison(self, tables: Mapping[str, pd.DataFrame], seed: pd.DataFrame | None = None,
+                        smap: pd.Series | None = None) -> pd.DataFrame:
+        """``seed_comparison`` from ``legacy`` to the last result-preserving row."""
+        return seed_comparison(tables, LEGACY, self.last_same, seed, smap)
+
+
+def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
+    return None if df is None else df[df["case"] == case]
+
+
+# -- what is read from the rows ----------------------------------------------------------------------------------
+def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str]) -> pd.DataFrame:
+    """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for
+    every mask as RLE), the speed-up against ``stock`` with and without it, the workload each row ran (median NMS
+    inputs and detections out) and its agreement with ``stock`` (mean over images; empty where not checked).
+
+    ``rows``: the profiler's rows of one case; ``agreement``: its equivalence rows (column ``row``), or None.
+    """
+    t = stage_table(rows).reindex(list(order))
+    t["total + rle"] = t[S.TOTAL] + t.get(S.CONSUMER_RLE, 0)
+    t["speed-up"] = t.loc[BASE, S.TOTAL] / t[S.TOTAL]
+    t["speed-up with rle"] = t.loc[BASE, "total + rle"] / t["total + rle"]
+    t = t.join(rows.groupby("variant")[WORKLOAD].median())
+    agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
+    return t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
+
+
+def total_spread(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, ``total`` ms per image over repeats and images: median, p10, p90 and n."""
+    return stage_summary(rows[rows["stage"] == S.TOTAL]).set_index("variant")[["median", "p10", "p90", "n"]]
+
+
+def amdahl_bound(table: pd.DataFrame, reached: str, fewer: str | None = None) -> dict[str, float]:
+    """How far the rows could go: if every stage a row speeds up took no time, ``stock``'s total would shrink to
+    what no row touches (decoding, the two NMS and the untimed glue between stages); the bound is ``stock``'s
+    total over that. Next to it, the speed-up row ``reached`` got (and the ``fewer`` row, if given).
+
+    Medians do not add exactly: a negative glue (stages summing past ``total``) counts as none.
+    """
+    s = table.loc[BASE]
+    glue = max(0.0, s[S.TOTAL] - s[[c for c in S.STAGES if c in table]].sum())
+    untouched = s[S.LOAD] + s.get(S.RPN_NMS, 0) + s.get(S.ROI_BBOX_NMS, 0) + glue
+    out = {"stock ms": s[S.TOTAL], "untouched ms": untouched, "Amdahl bound": s[S.TOTAL] / untouched,
+           "reached": table.loc[reached, "speed-up"]}
+    if fewer is not None:
+        out["with fewer proposals"] = table.loc[fewer, "speed-up"]
+    return {k: float(v) for k, v in out.items()}
+
+
+def biggest_stage(row: pd.Series) -> str:
+    """The top-level stage taking the most time in one row of a ladder table (what is left to optimize)."""
+    return str(row.reindex(list(S.STAGES)).dropna().idxmax())
+
+
+def legacy_vs_stock(tables: Mapping[str, pd.DataFrame]) -> pd.Series:
+    """Per case, ``legacy``'s total over ``stock``'s (above 1: mmdet 3.3 already fixed part of what the seed
+    measured)."""
+    return pd.Series({case: float(t.loc[LEGACY, S.TOTAL] / t.loc[BASE, S.TOTAL]) for case, t in tables.items()},
+                     dtype=float)
+
+
+def legacy_verdict(ratio: float, noise: float = 1.05) -> str:
+    """What ``legacy``/``stock`` says, in words: a gain beyond ``noise`` is mmdet 3.3's fixes showing."""
+    if ratio > noise:
+        return "mmdet 3.3 already fixed part of what the seed measured"
+    return ("at this size on this CPU mmdet 3.3's fixes (on-device normalize, no per-class host masks) "
+            "are lost in the model's own cost; they show at larger inputs")
+
+
+def ratios_in_words(ratios: pd.Series) -> str:
+    """``"1.27x at 1333x800>1333x800, 3.10x at 3840x2304>3840x2304"``."""
+    return ", ".join(f"{v:.2f}x at {c}" for c, v in ratios.items())
+
+
+def seed_speedups(seed: pd.DataFrame | None = None, first: str = SEED_FIRST, last: str = SEED_LAST) -> pd.DataFrame:
+    """The seed's published speed-up from its ``first`` row to its ``last``, per scale (rows) and seed stage
+    (columns). ``seed``: the reference figures (default ``data/reference/seed_figures.csv``)."""
+    seed = seed_figures() if seed is None else seed
+    s = seed[seed["system"] == SEED_SYSTEM].pivot_table(index=["scale", "stage"], columns="variant", values="value")
+    return (s[first] / s[last]).unstack("stage")
+
+
+def stage_map() -> pd.Series:
+    """The seed's stages in ours (``data/reference/stage_map.csv``): seed stage -> ``"ours+ours"``."""
+    return pd.read_csv(reference_dir() / "stage_map.csv").set_index("seed_stage")["our_stages"]
+
+
+def seed_comparison(tables: Mapping[str, pd.DataFrame], first: str, last: str, seed: pd.DataFrame | None = None,
+                    smap: pd.Series | None = None) -> pd.DataFrame:
+    """Per case run at its own size and at a scale the seed published, per seed stage (``SEED_STAGES``): the seed's
+    speed-up from its first row to its last (RTX 3080, published) and ours from row ``first`` to row ``last``,
+    summing our stages that map onto the seed's (``stage_map``). Empty when no case qualifies."""
+    published = seed_speedups(seed)
+    smap = stage_map() if smap is None else smap
+    out = []
+    for case, t in tables.items():
+        size, scale = split_case(case)
+        if size != scale or scale not in published.index:
+            continue
+        for st in SEED_STAGES:
+            ours = [c for c in smap[st].split("+") if c in t.columns]
+            out.append({"case": case, "seed stage": st, "our stages": "+".join(ours),
+                        "seed speed-up (RTX 3080, published)": published.loc[scale, st],
+                        "our speed-up (this machine)": t.loc[first, ours].sum() / t.loc[last, ours].sum()})
+    return pd.DataFrame(out)

@@ -1,0 +1,132 @@
+"""The one writer of rows and its header policy, and where a project's files are found. No models built."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import pandas as pd
+import pytest
+
+from mmdet_speedup import book, project
+from mmdet_speedup.environment import git_sha
+from mmdet_speedup.records import COLUMNS, Recorder, append_rows
+
+
+def _side_files(path):
+    return sorted(path.parent.glob(f"{path.stem}.old-*{path.suffix}"))
+
+
+def test_new_column_extends_the_header_and_keeps_committed_rows(tmp_path):
+    path = tmp_path / "rows.csv"
+    append_rows(path, [{"run_id": "old", "ms": 1.0}], ("run_id", "ms"))
+    append_rows(path, [{"run_id": "new", "ms": 2.0, "gpu": "H100"}], ("run_id", "ms", "gpu"))
+    assert _side_files(path) == []
+    df = pd.read_csv(path)
+    assert df.columns.tolist() == ["run_id", "ms", "gpu"]
+    assert df["run_id"].tolist() == ["old", "new"] and df["ms"].tolist() == [1.0, 2.0]
+    assert pd.isna(df.loc[0, "gpu"]) and df.loc[1, "gpu"] == "H100"
+
+
+def test_schema_column_added_to_a_committed_recorder_file(tmp_path):
+    """What adding a column to ``COLUMNS`` does to a file in data/results/: the file grows, its rows stay."""
+    path = tmp_path / "rows.csv"
+    committed = [c for c in COLUMNS if c != "compile"]
+    append_rows(path, [{"run_id": "old", "stage": "total", "ms": 1.0}], committed)
+    Recorder(path, notebook="test", run_id="new").write([{"stage": "total", "ms": 2.0, "compile": True}])
+    assert _side_files(path) == []
+    df = pd.read_csv(path)
+    assert df.columns.tolist() == [*committed, "compile"]
+    assert df["run_id"].tolist() == ["old", "new"]
+    assert pd.isna(df.loc[0, "compile"]) and bool(df.loc[1, "compile"])
+
+
+def test_incompatible_header_is_set_aside_not_lost(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    path.write_text("run_id,retired\nold,1\n")
+    append_rows(path, [{"run_id": "new", "ms": 2.0}], ("run_id", "ms"))
+    (old,) = _side_files(path)
+    assert old.read_text() == "run_id,retired\nold,1\n"
+    assert pd.read_csv(path).to_dict("records") == [{"run_id": "new", "ms": 2.0}]
+    assert old.name in capsys.readouterr().out
+
+
+def test_interrupted_rewrite_leaves_the_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "rows.csv"
+    append_rows(path, [{"a": 1}], ("a",))
+    before = path.read_bytes()
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        append_rows(path, [{"a": 2, "b": 3}], ("a", "b"))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["rows.csv"]
+
+
+def test_free_form_table_takes_new_keys_in_first_seen_order(tmp_path):
+    path = tmp_path / "table.csv"
+    append_rows(path, [{"x": 1, "y": 2}])
+    append_rows(path, [{"x": 3, "z": 4}, {"w": 5, "x": 6}])
+    df = pd.read_csv(path)
+    assert df.columns.tolist() == ["x", "y", "z", "w"]
+    assert df["x"].tolist() == [1, 3, 6]
+    assert df["y"].isna().tolist() == [False, True, True] and df["z"].isna().tolist() == [True, False, True]
+
+
+def test_record_table_extends_its_file(tmp_path):
+    rec = Recorder(tmp_path / "chapter.csv", notebook="test")
+    book.record_table(rec, "chapter_table", pd.DataFrame({"variant": ["a"], "iou": [1.0]}))
+    book.record_table(rec, "chapter_table", pd.DataFrame({"variant": ["b"], "iou": [0.9], "case": ["big"]}))
+    df = pd.read_csv(tmp_path / "chapter_table.csv")
+    assert df.columns.tolist() == ["run_id", "notebook", "git_sha", "variant", "iou", "case"]
+    assert df["variant"].tolist() == ["a", "b"] and df["case"].isna().tolist() == [True, False]
+    assert _side_files(tmp_path / "chapter_table.csv") == []
+
+
+def test_two_recorders_share_one_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMDET_SPEEDUP_RUN_ID", raising=False)  # else both would carry the runner's id
+    path = tmp_path / "rows.csv"
+    first, second = Recorder(path, notebook="a"), Recorder(path, notebook="b")
+    first.write([{"stage": "total", "ms": 1.0}])
+    second.write([{"stage": "total", "ms": 2.0}, {"stage": "total", "ms": 3.0}])
+    first.write([{"stage": "total", "ms": 4.0}])
+    df = pd.read_csv(path)
+    assert df.columns.tolist() == list(COLUMNS)
+    assert df["run_id"].tolist() == [first.run_id, second.run_id, second.run_id, first.run_id]
+    assert df["ms"].tolist() == [1.0, 2.0, 3.0, 4.0] and (first.rows_written, second.rows_written) == (2, 2)
+
+
+def test_project_root_is_found_upward_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "_toc.yml").write_text("")
+    nested = tmp_path / "notebooks" / "deeper"
+    nested.mkdir(parents=True)
+    monkeypatch.chdir(nested)
+    root = tmp_path.resolve()
+    assert project.project_root() == root
+    assert project.images_dir() == root / "data" / "images"
+    assert project.reference_dir() == root / "data" / "reference"
+
+
+def test_project_root_without_a_book_is_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert project.project_root() == tmp_path.resolve()
+
+
+def test_results_dir_honours_the_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MMDET_SPEEDUP_RESULTS", raising=False)
+    assert project.results_dir() == tmp_path.resolve() / "data" / "results"
+    monkeypatch.setenv("MMDET_SPEEDUP_RESULTS", str(tmp_path / "elsewhere"))
+    assert project.results_dir() == tmp_path / "elsewhere"
+
+
+def test_sample_image_ships_with_the_package():
+    img = cv2.imread(str(project.sample_image()))
+    assert img is not None and img.ndim == 3 and img.shape[2] == 3
+
+
+def test_git_sha_outside_a_repository_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp either
+    assert git_sha() == "unknown"
