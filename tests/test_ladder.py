@@ -12,35 +12,59 @@ from mmdet_speedup import STOCK, ladder
 from mmdet_speedup import stages as S
 
 
-def test_ladder_rows_on_the_cpu():
-    rows = ladder.ladder("cpu")
-    assert list(rows) == ["legacy", "stock", "+precision", "+auto preprocess", "+raw masks", "+torchvision RoIAlign",
-                          "+threaded RoIAlign", "+fold BN", "+bf16 weights", "+compile"]
-    assert rows["stock"] == STOCK
-    assert (rows["legacy"].preprocess, rows["legacy"].masks) == ("legacy", "legacy")
-    assert rows["+precision"] == STOCK.replace(precision="bf16", channels_last=True)  # named, never "auto"
-    # each row is the row above plus one lever
-    assert rows["+threaded RoIAlign"] == rows["+torchvision RoIAlign"].replace(roi_align="threaded")
-    assert rows["+fold BN"] == rows["+threaded RoIAlign"].replace(fold_bn=True)
-    assert rows["+compile"] == rows["+bf16 weights"].replace(compile=True)
-    assert rows["+bf16 weights"].precision == "bf16-weights"
-    assert rows[ladder.LAST_SAME].compile is True and rows[ladder.LAST_SAME].masks == "raw"
+def _pilot(faster: set[str]):
+    """A pilot that calls a candidate faster when it differs from its base in one of ``faster``'s fields."""
+    from mmdet_speedup.stats import Interval, verdict
+
+    def pilot(base, candidate):
+        changed = {f for f in ("precision", "channels_last", "preprocess", "masks", "roi_align", "fold_bn", "compile")
+                   if getattr(base, f) != getattr(candidate, f)}
+        win = bool(changed & faster)
+        return verdict(Interval(2.0, 1.8, 2.2, 7) if win else Interval(1.0, 0.95, 1.05, 7))
+    return pilot
 
 
-def test_ladder_rows_on_cuda_keep_mmcv_roi_align_and_use_fp16():
-    rows = ladder.ladder(torch.device("cuda"))
-    assert "+torchvision RoIAlign" not in rows and "+threaded RoIAlign" not in rows
-    assert rows["+precision"].precision == "fp16" and "+fp16 weights" in rows
-    assert rows["+fold BN"] == rows["+raw masks"].replace(fold_bn=True)
-    assert all(c.roi_align == "mmcv" for c in rows.values())
+def test_rungs_on_the_cpu_and_cuda():
+    names = [n for n, _ in ladder.levers("cpu")]
+    assert names == ["+precision", "+auto preprocess", "+raw masks", "+torchvision RoIAlign", "+threaded RoIAlign",
+                     "+fold BN", "+bf16 weights", "+compile"]
+    cuda = dict(ladder.levers(torch.device("cuda")))
+    assert "+torchvision RoIAlign" not in cuda and cuda["+precision"] == dict(precision="fp16", channels_last=True)
+    assert "+fp16 weights" in cuda
 
 
-def test_ladder_names_every_row_with_the_fewer_proposals_row_last():
+def test_climb_keeps_only_what_helps_and_builds_on_the_better():
+    c = ladder.climb(ladder.levers("cpu"), _pilot({"precision", "masks", "compile"}))
+    assert c.kept == {"+precision": True, "+auto preprocess": False, "+raw masks": True, "+torchvision RoIAlign": False,
+                      "+threaded RoIAlign": False, "+fold BN": False, "+bf16 weights": True, "+compile": True}
+    # a rung that did not help stays, marked; the next rung builds on the rung below it
+    assert c.parent["+auto preprocess"] == "+precision" and c.parent["+raw masks"] == "+precision"
+    assert c.choices["+raw masks"] == STOCK.replace(precision="bf16", channels_last=True, masks="raw")
+    assert c.parent["+threaded RoIAlign"] == "+raw masks" and c.choices["+threaded RoIAlign"].roi_align == "threaded"
+    assert c.choices["+compile"] == STOCK.replace(precision="bf16-weights", channels_last=True, masks="raw", compile=True)
+    assert c.path == "+compile" and c.pilot["+fold BN"].word == "no measurable difference"
+
+
+def test_climb_with_nothing_helping_stays_on_stock():
     lad = ladder.Ladder("cpu", 300)
-    assert lad.low == "bf16" and lad.last_same == "+compile"
+    lad.climb(_pilot(set()))
+    assert lad.path == "stock" and not any(lad.climbed.kept.values())
     assert lad.fewer == "+300 proposals (changes results)" == lad.rows[-1]
-    assert lad.rows[:-1] == list(lad.choices)
+    assert lad.rows[:4] == ["legacy", "stock", ladder.AA, "+precision"] and lad.choices[ladder.AA] == STOCK
     assert ladder.split_case("3840x2304>1333x800") == ("3840x2304", "1333x800")
+
+
+def test_ladder_verdicts_against_the_rung_below_and_stock():
+    lad = ladder.Ladder("cpu", 300)
+    lad.climbed = ladder.climb(ladder.levers("cpu")[:2], _pilot({"precision"}))
+    noise = [1.0, 1.02, 0.99, 1.01, 0.98, 1.0, 1.01]
+    rows = _rows("c", {"stock": [100 * k for k in noise], ladder.AA: [101 * k for k in noise[::-1]],
+                       "+precision": [50 * k for k in noise], "+auto preprocess": [50.5 * k for k in noise]})
+    v = lad.verdicts(rows)
+    assert v.loc["+precision", "vs the rung below"].startswith("faster (2.0x")
+    assert v.loc["+auto preprocess", "built on"] == "+precision"
+    assert v.loc["+auto preprocess", "vs the rung below"].startswith("no measurable difference")
+    assert v.loc["+auto preprocess", "vs stock"].startswith("faster") and not v.loc["+auto preprocess", "kept"]
 
 
 def _rows(case: str, totals: dict[str, list[float]], stages: dict[str, float] | None = None) -> pd.DataFrame:
@@ -61,7 +85,7 @@ def test_case_table_speedups_workload_and_agreement():
     eq = pd.DataFrame({"row": ["+compile", "+compile"], "case": ["c", "c"], "matched_ref": [0.9, 1.0],
                        "box_iou_mean": [0.99, 0.97], "mask_iou_mean": [0.8, 0.9]})
     t = ladder.case_table(rows, eq, ["legacy", "stock", "+compile"])
-    assert list(t.index) == ["legacy", "stock", "+compile"] and t.loc["legacy"].isna().all()
+    assert list(t.index) == ["legacy", "stock", "+compile"] and t.loc["legacy"].drop("results").isna().all()
     assert t.loc["+compile", S.TOTAL] == 50.0
     assert t.loc["+compile", "total + rle"] == 60.0
     assert t.loc["+compile", "speed-up"] == pytest.approx(2.0)
@@ -69,7 +93,9 @@ def test_case_table_speedups_workload_and_agreement():
     assert t.loc["stock", "rpn_nms_in"] == 1000.5 and t.loc["stock", "dets_out"] == 50
     assert t.loc["+compile", "matched_ref"] == pytest.approx(0.95)
     assert t.loc["+compile", "box_iou_mean"] == pytest.approx(0.98)
-    assert math.isnan(t.loc["stock", "matched_ref"])
+    assert math.isnan(t.loc["stock", "matched_ref"]) and t.loc["stock", "results"] == ""
+    assert t.loc["+compile", "results"] == "changes results"  # 0.95 matched: under the 0.99 the rule asks
+    assert (t.loc["+compile", "n"], t.loc["+compile", "verdict"]) == (2, "no measurable difference")  # n < 3
 
 
 def test_tables_split_cases_and_tolerate_cases_without_agreement():
@@ -78,6 +104,7 @@ def test_tables_split_cases_and_tolerate_cases_without_agreement():
     eq = pd.DataFrame({"row": ["+compile"], "case": ["a"], "matched_ref": [1.0], "box_iou_mean": [1.0],
                        "mask_iou_mean": [1.0]})
     lad = ladder.Ladder("cpu", 100)
+    lad.climb(_pilot({"compile"}))
     tables = lad.tables(rows, eq, ["a", "b"])
     assert tables["a"].loc["+compile", "speed-up"] == 2.0 and tables["b"].loc["+compile", "speed-up"] == 3.0
     assert tables["a"].loc["+compile", "matched_ref"] == 1.0 and tables["b"]["matched_ref"].isna().all()
@@ -109,6 +136,7 @@ def test_amdahl_bound_counts_what_no_row_touches():
     over = ladder.amdahl_bound(_table({**stock, S.TOTAL: 90.0}, {"+compile": 2.0}), "+compile")
     assert over["untouched ms"] == pytest.approx(10.0) and "with fewer proposals" not in over
     lad = ladder.Ladder("cpu", 7)
+    lad.climb(_pilot({"compile"}))
     bounds = lad.bounds({"x>y": _table(stock, {"+compile": 2.5, lad.fewer: 4.0})})
     assert list(bounds.index) == ["x>y"] and bounds.loc["x>y", "with fewer proposals"] == 4.0
 
@@ -158,6 +186,7 @@ def test_seed_comparison_maps_our_stages_onto_the_seed():
 
 def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_workload(mask_rcnn):
     lad = ladder.Ladder("cpu", 100)
+    lad.climb(_pilot({"precision"}))
     fewer = lad.fewer_model(mask_rcnn)
     assert fewer.rpn_head.test_cfg["max_per_img"] == 100 and fewer.cfg.model.test_cfg.rpn["max_per_img"] == 100
     assert mask_rcnn.rpn_head.test_cfg["max_per_img"] == 300  # the stock model keeps its workload
@@ -165,7 +194,7 @@ def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_worklo
     assert list(makers) == lad.rows
     p = makers[lad.fewer]()
     assert p.reference.model is mask_rcnn and p.reference.choices == STOCK
-    assert p.choices == lad.choices[lad.last_same]
+    assert p.choices == lad.choices[lad.path]
     assert p.pipeline.model.rpn_head.test_cfg["max_per_img"] == 100
     stock = makers["stock"]()
     assert stock.pipeline.model is mask_rcnn and stock.reference.model is mask_rcnn

@@ -98,6 +98,12 @@ class Chapter:
         """This run's rows, read back from its CSV (``name``: a table recorded beside them)."""
         return load_rows(self.rec, name=name)
 
+    def record_environment(self, **extra: Any) -> None:
+        """Add measured facts about the machine (e.g. the roofline's peaks) to this run's environment record."""
+        path = self.rec.path.parent / "environment" / f"{self.run_id}.json"
+        env = json.loads(path.read_text())
+        path.write_text(json.dumps({**env, **extra}, indent=2, default=str))
+
     def record(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
         return record_table(self.rec, name, df)
 

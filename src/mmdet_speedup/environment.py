@@ -69,6 +69,15 @@ def cpu_has_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
 
 
+def weights_recipe() -> dict[str, Any]:
+    """How a detector without a checkpoint gets its weights: the fixed recipe and the conditioning it uses."""
+    from dataclasses import asdict
+
+    from .models import WEIGHTS_RECIPE, Conditioning
+
+    return {"recipe": WEIGHTS_RECIPE, "conditioning": asdict(Conditioning())}
+
+
 def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import cv2
     import mmcv
@@ -95,5 +104,6 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
             "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__,
             "opencv": cv2.__version__,
         },
+        "weights_recipe": weights_recipe(),
         "params": dict(params or {}),
     }

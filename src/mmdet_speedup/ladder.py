@@ -7,6 +7,7 @@ those rows (or the per-case tables made from them) and never time anything.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Mapping, Sequence
 
@@ -21,16 +22,18 @@ from .optimize import Predictor
 from .pipeline import StagedPipeline
 from .profiler import stage_summary, stage_table
 from .project import reference_dir, seed_figures
+from .stats import (FASTER, SLOWER, Interval, Verdict, findings_markdown, preservation_column, ratio_table,
+                    takeaway, verdict)
 
 LEGACY, BASE = "legacy", "stock"
-#: The last row that keeps stock's results (the rows below it on a table change them).
-LAST_SAME = "+compile"
+COMPILE = "+compile"
 #: The seed's first and last rows (``inference`` is mmdet 2.19 as published, ``inference_raw_mask`` its last row).
 SEED_SYSTEM, SEED_FIRST, SEED_LAST = "mmdet 2.19 (seed)", "inference", "inference_raw_mask"
 #: The seed's stages compared with ours, through ``data/reference/stage_map.csv``.
 SEED_STAGES = ("pre-processing", "backbone", "rpn_head", "roi_head", "total")
 WORKLOAD = ["rpn_nms_in", "bbox_nms_in", "dets_out"]
-AGREEMENT = ["matched_ref", "box_iou_mean", "mask_iou_mean"]
+AGREEMENT = ["matched_ref", "matched_test", "box_iou_mean", "box_iou_min", "score_diff_max", "mask_iou_mean",
+             "mask_identical"]
 
 
 def split_case(case: str) -> tuple[str, str]:
@@ -39,44 +42,129 @@ def split_case(case: str) -> tuple[str, str]:
     return size, scale
 
 
-def ladder(device: str | torch.device) -> dict[str, Choices]:
-    """The result-preserving rows for ``device``, in order, each the row above plus one lever.
+#: The A/A row: ``stock`` profiled a second time in the same sweep; its ratio interval is the noise floor.
+AA = "stock (A/A)"
+
+
+def levers(device: str | torch.device) -> list[tuple[str, dict]]:
+    """The rungs above ``stock`` for ``device``, in order: each is one lever, applied to the best path below it.
 
     ``+precision`` is the precision a study compares with fp32 on the device (``precision.studied``: fp16 on CUDA,
-    bf16 on a CPU whether or not it has bf16 instructions); the RoIAlign rows exist on the CPU only (on CUDA mmcv's
-    kernel stays); the weights row is named after that precision (``+bf16 weights`` or ``+fp16 weights``).
+    bf16 on a CPU whether or not it has bf16 instructions); the RoIAlign rungs exist on the CPU only (on CUDA mmcv's
+    kernel stays); the weights rung is named after that precision (``+bf16 weights`` or ``+fp16 weights``).
     """
     low = precision.studied(device)
-    rows = {LEGACY: Choices(preprocess="legacy", masks="legacy"), BASE: STOCK}
-    rows["+precision"] = Choices(precision=low, channels_last=True)
-    rows["+auto preprocess"] = rows["+precision"].replace(preprocess="auto")
-    last = rows["+raw masks"] = rows["+auto preprocess"].replace(masks="raw")
+    out = [("+precision", dict(precision=low, channels_last=True)), ("+auto preprocess", dict(preprocess="auto")),
+           ("+raw masks", dict(masks="raw"))]
     if torch.device(device).type == "cpu":
-        rows["+torchvision RoIAlign"] = last.replace(roi_align="torchvision")
-        last = rows["+threaded RoIAlign"] = last.replace(roi_align="threaded")
-    rows["+fold BN"] = last.replace(fold_bn=True)
-    rows[f"+{low} weights"] = rows["+fold BN"].replace(precision=f"{low}-weights")
-    rows[LAST_SAME] = rows[f"+{low} weights"].replace(compile=True)
-    return rows
+        out += [("+torchvision RoIAlign", dict(roi_align="torchvision")), ("+threaded RoIAlign", dict(roi_align="threaded"))]
+    return out + [("+fold BN", dict(fold_bn=True)), (f"+{low} weights", dict(precision=f"{low}-weights")),
+                  (COMPILE, dict(compile=True))]
+
+
+@dataclass
+class Climb:
+    """The ladder as climbed: each rung's choices (its lever on the best path below it), the rung it was compared
+    with (``parent``), the pilot's verdict, and whether it was ``kept`` (only a "faster" verdict keeps a rung)."""
+
+    choices: dict[str, Choices]
+    parent: dict[str, str]
+    pilot: dict[str, Verdict]
+    kept: dict[str, bool]
+
+    @property
+    def path(self) -> str:
+        """The last kept rung (``stock`` if none): the path to use on this device."""
+        return next((r for r in reversed(list(self.kept)) if self.kept[r]), BASE)
+
+
+def climb(rungs: Sequence[tuple[str, dict]], pilot: Callable[[Choices, Choices], Verdict]) -> Climb:
+    """Climb from ``stock``: each rung applies its lever to the best path so far; ``pilot(base, candidate)`` (a short
+    interleaved measurement) decides whether the rungs above build on it. A rung that is slower or shows no
+    measurable difference stays in the table, marked, and the path goes on without it."""
+    best, best_name = STOCK, BASE
+    c = Climb({}, {}, {}, {})
+    for name, lever in rungs:
+        candidate = best.replace(**lever)
+        c.choices[name], c.parent[name] = candidate, best_name
+        c.pilot[name] = pilot(best, candidate)
+        c.kept[name] = c.pilot[name].word == FASTER
+        if c.kept[name]:
+            best, best_name = candidate, name
+    return c
+
+
+def pilot_with(profiler, samples, stages: Sequence[str] = (S.TOTAL,)) -> Callable[[Choices, Choices], Verdict]:
+    """A pilot for ``climb``: ``profiler`` (its own repeats, no recorder) runs base and candidate interleaved."""
+
+    def pilot(base: Choices, candidate: Choices) -> Verdict:
+        rows = profiler.run({"base": base, "candidate": candidate}, samples)
+        if "status" in rows and (rows["status"] == "error").any():
+            return Verdict(SLOWER, Interval(float("nan"), float("nan"), float("nan"), 0))  # a failing lever
+        return verdict(_interval(ratio_table(rows, "base", stages=stages).loc["candidate"]))
+    return pilot
 
 
 def fewer_row(proposals: int) -> str:
-    """The name of the row that runs ``LAST_SAME``'s choices on a model keeping ``proposals`` RPN proposals."""
+    """The name of the row that runs the path's choices on a model keeping ``proposals`` RPN proposals."""
     return f"+{proposals} proposals (changes results)"
 
 
 class Ladder:
-    """The ladder on one device: ``choices`` (row -> Choices, result-preserving), the ``fewer`` row (changes
-    results) and ``rows`` (every row name, in table order), with the mechanics of building and reading its rows."""
+    """The ladder on one device: ``legacy``, ``stock``, the A/A row, the rungs as climbed (``climb``) and the
+    ``fewer`` row (the path's choices on a model keeping fewer proposals: changes results), with the mechanics of
+    building and reading its rows."""
 
     def __init__(self, device: str | torch.device, fewer_proposals: int) -> None:
         self.device = torch.device(device)
         self.low = precision.studied(self.device)
-        self.choices = ladder(self.device)
-        self.last_same = LAST_SAME
+        self.rungs = levers(self.device)
         self.fewer_proposals = int(fewer_proposals)
         self.fewer = fewer_row(self.fewer_proposals)
-        self.rows = [*self.choices, self.fewer]
+        self.climbed: Climb | None = None
+
+    def climb(self, pilot: Callable[[Choices, Choices], Verdict]) -> Climb:
+        """Decide which rungs the path keeps (see ``climb``); the full sweep then measures every rung."""
+        self.climbed = climb(self.rungs, pilot)
+        return self.climbed
+
+    @property
+    def choices(self) -> dict[str, Choices]:
+        if self.climbed is None:
+            raise RuntimeError("climb the ladder first (Ladder.climb with a pilot)")
+        return {LEGACY: Choices(preprocess="legacy", masks="legacy"), BASE: STOCK, AA: STOCK, **self.climbed.choices}
+
+    @property
+    def path(self) -> str:
+        """The rung whose choices are the path to use on this device."""
+        return self.climbed.path
+
+    @property
+    def rows(self) -> list[str]:
+        return [*self.choices, self.fewer]
+
+    def rung_verdicts(self, rows: pd.DataFrame) -> dict[str, Verdict]:
+        """One case's rungs, each against the rung it was built on, held to the A/A floor (failed rungs left out)."""
+        floor = _interval(ratio_table(rows, BASE, aa=AA).loc[AA])
+        ok = set(rows.loc[rows["status"] == "ok", "variant"])
+        return {rung: verdict(_interval(ratio_table(rows, parent).loc[rung]), floor)
+                for rung, parent in self.climbed.parent.items() if rung in ok}
+
+    def verdicts(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One case's rungs against the rung below and against ``stock`` (intervals, verdicts held to the A/A floor),
+        and the pilot's verdict that decided whether the path kept the rung."""
+        vs_stock = ratio_table(rows, BASE, aa=AA)
+        return pd.DataFrame([{"row": rung, "built on": self.climbed.parent[rung], "vs the rung below": v.text,
+                              "vs stock": vs_stock.loc[rung, "text"], "pilot": self.climbed.pilot[rung].text,
+                              "kept": self.climbed.kept[rung]}
+                             for rung, v in self.rung_verdicts(rows).items()]).set_index("row")
+
+    def findings(self, rows: pd.DataFrame) -> str:
+        """One case's climb in words (Markdown): each rung against the rung it was built on, kept or not."""
+        return findings_markdown(
+            takeaway(rung, v, self.climbed.parent[rung]).rstrip(".")
+            + ("; kept." if self.climbed.kept[rung] else "; not kept (the rungs above build on the rung below).")
+            for rung, v in self.rung_verdicts(rows).items())
 
     def fewer_model(self, model):
         """A copy of ``model`` whose RPN keeps ``fewer_proposals`` proposals (``model`` is left as it is)."""
@@ -90,7 +178,7 @@ class Ladder:
         the stock workload, so what it changes shows."""
         makers: dict[str, Callable[[], Predictor]] = {row: partial(Predictor, model, c, self.device)
                                                 for row, c in self.choices.items()}
-        makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.last_same], self.device,
+        makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.path], self.device,
                                                reference=StagedPipeline(model, STOCK, self.device))
         return makers
 
@@ -108,13 +196,17 @@ class Ladder:
 
     def bounds(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         """``amdahl_bound`` per case."""
-        return pd.DataFrame([{"case": case, **amdahl_bound(t, self.last_same, self.fewer)}
+        return pd.DataFrame([{"case": case, **amdahl_bound(t, self.path, self.fewer)}
                              for case, t in tables.items()]).set_index("case")
 
     def seed_comparison(self, tables: Mapping[str, pd.DataFrame], seed: pd.DataFrame | None = None,
                         smap: pd.Series | None = None) -> pd.DataFrame:
         """``seed_comparison`` from ``legacy`` to the last result-preserving row."""
-        return seed_comparison(tables, LEGACY, self.last_same, seed, smap)
+        return seed_comparison(tables, LEGACY, self.path, seed, smap)
+
+
+def _interval(row: pd.Series) -> Interval:
+    return Interval(float(row["ratio"]), float(row["lo"]), float(row["hi"]), int(row["n"]))
 
 
 def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
@@ -124,8 +216,10 @@ def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
 # -- what is read from the rows ----------------------------------------------------------------------------------
 def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str]) -> pd.DataFrame:
     """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for
-    every mask as RLE), the speed-up against ``stock`` with and without it, the workload each row ran (median NMS
-    inputs and detections out) and its agreement with ``stock`` (mean over images; empty where not checked).
+    every mask as RLE), the speed-up against ``stock`` with and without it, the speed-up's 95% interval (``lo``,
+    ``hi``, over ``n`` repeats) and verdict held to the A/A floor, the workload each row ran (median NMS inputs and
+    detections out), its agreement with ``stock`` (mean over images; empty where not checked) and what that
+    agreement says (``results``: exact, preserves results or changes results, ``stats.preservation``).
 
     ``rows``: the profiler's rows of one case; ``agreement``: its equivalence rows (column ``row``), or None.
     """
@@ -133,9 +227,12 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     t["total + rle"] = t[S.TOTAL] + t.get(S.CONSUMER_RLE, 0)
     t["speed-up"] = t.loc[BASE, S.TOTAL] / t[S.TOTAL]
     t["speed-up with rle"] = t.loc[BASE, "total + rle"] / t["total + rle"]
+    t = t.join(ratio_table(rows, BASE, aa=AA if AA in set(rows["variant"]) else None)[["lo", "hi", "n", "verdict"]])
     t = t.join(rows.groupby("variant")[WORKLOAD].median())
     agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
-    return t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
+    t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
+    t["results"] = preservation_column(t).where(t["matched_ref"].notna(), "")
+    return t
 
 
 def total_spread(rows: pd.DataFrame) -> pd.DataFrame:

@@ -35,22 +35,46 @@ class Workload:
     score_thr: float | None = None
 
 
+#: The recipe that gives a detector without a checkpoint its weights (see :class:`Conditioning`), fixed before
+#: the agreement figures it feeds are taken, and recorded in every run's environment. Any change to it (or to
+#: ``Conditioning``'s defaults) raises its version. v1 was: PyTorch's default init, identity BatchNorms, logits
+#: conditioned on one 512x512 noise image.
+WEIGHTS_RECIPE = ("weights v2: the config's init_weights, seeded (no pretrained weights) "
+                  "+ every BatchNorm gamma ~ N(1, 0.2) clipped to [0.3, 2], beta ~ N(0, 0.2) "
+                  "+ BatchNorm running stats calibrated (reset, cumulative average, BatchNorms alone in train mode, "
+                  "no gradients) on the first 3 study images through the stock test pipeline at the model's scale "
+                  "+ class and mask logits conditioned on the same images (cls std 8, background bias 4, mask std 4)")
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """Make random weights behave like trained ones where the workload depends on it.
 
-    A random box head gives every class a score of ~1/81, so nothing clears ``score_thr`` and the
-    mask head never runs. We rescale ``fc_cls`` so class logits have std ``cls_logit_std`` and give
-    the background a bias of ``background_bias``: a trained-like few thousand class candidates then
-    clear 0.05 over 1000 RoIs and ``max_per_img`` caps the output. Mask logits are scaled to std
+    The weights (``WEIGHTS_RECIPE``): the config's ``init_weights`` (Kaiming convs, the heads' own inits, never a
+    pretrained download), seeded by ``seed``. Then every BatchNorm gets gamma ~ N(1, ``bn_gamma_std``) clipped to
+    ``bn_gamma_range`` and beta ~ N(0, ``bn_beta_std``) (this also undoes ``zero_init_residual``, which zeroes each
+    Bottleneck's last gamma), and its running statistics are calibrated on ``calibration_images`` of the study's
+    images: without this every BatchNorm is an identity, folding it is a no-op and reduced precision acts on an
+    unrealistic network.
+
+    Then the logits, measured on the same images. A random box head gives every class a score of ~1/81, so
+    nothing clears ``score_thr`` and the mask head never runs. We rescale ``fc_cls`` so class logits have std
+    ``cls_logit_std`` and give the background a bias of ``background_bias``: a trained-like few thousand class
+    candidates then clear 0.05 over 1000 RoIs and ``max_per_img`` caps the output. Mask logits are scaled to std
     ``mask_logit_std`` so probabilities leave 0.5 and the binary threshold means something.
+
+    The calibration images are the study's ``data/images/*.jpg`` (sorted, the first ``calibration_images``), or
+    the packaged sample image outside a study; a built model names them in ``mmdet_speedup_calibration``.
     """
 
     seed: int = 0
     cls_logit_std: float = 8.0
     background_bias: float = 4.0
     mask_logit_std: float = 4.0
-    calibration_size: int = 512
+    bn_gamma_std: float = 0.2
+    bn_gamma_range: tuple[float, float] = (0.3, 2.0)
+    bn_beta_std: float = 0.2
+    calibration_images: int = 3
 
 
 def fmt_size(size: tuple[int, int] | None) -> str:
@@ -89,9 +113,29 @@ def load_config(config: str | os.PathLike, workload: Workload | None = None):
     cfg = Config.fromfile(str(config_path(config)))
     check_config(cfg)
     cfg.model.backbone.init_cfg = None  # no ImageNet download: random init
+    _no_pretrained(cfg.model)  # nor anywhere else (a C4 shared head loads res5 from ImageNet by default)
     if workload is not None:
         apply_workload(cfg, workload)
     return cfg
+
+
+def _no_pretrained(node) -> None:
+    """Drop every ``Pretrained`` init and ``pretrained=`` path from a model config, in place (no download)."""
+    def pretrained(init) -> bool:
+        inits = init if isinstance(init, (list, tuple)) else [init]
+        return any(isinstance(i, dict) and i.get("type") == "Pretrained" for i in inits)
+
+    if isinstance(node, dict):
+        for key in list(node.keys()):
+            if key == "pretrained" and isinstance(node[key], str):
+                node[key] = None
+            elif key == "init_cfg" and pretrained(node[key]):
+                node[key] = None
+            else:
+                _no_pretrained(node[key])
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            _no_pretrained(item)
 
 
 def apply_workload(cfg, w: Workload) -> None:
@@ -231,21 +275,124 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
     check_two_stage(model)
     model.eval()
     if checkpoint is None and conditioning is not None:
-        condition(model, conditioning)
+        images = calibration_images(conditioning.calibration_images)
+        batches = calibration_batches(model, images)
+        init_weights(model, conditioning)
+        randomize_bn(model, conditioning)
+        calibrate_bn(model, batches)
+        condition(model, conditioning, batches)
+        model.mmdet_speedup_calibration = tuple(p.name for p in images)
     model.mmdet_speedup_config = str(config_path(config).stem)
     model.mmdet_speedup_workload = workload
     return model
 
 
-@torch.no_grad()
-def condition(model, c: Conditioning) -> None:
-    """Rescale the class and mask logit layers (see :class:`Conditioning`), calibrated on one synthetic image.
+def batch_norms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm of the model (torch's and mmcv's, which subclass ``_BatchNorm``), in module order."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
+
+def init_weights(model, c: Conditioning) -> None:
+    """The config's ``init_weights``, seeded; refuses (rather than downloads) a ``Pretrained`` init left in it."""
+    from mmengine.logging import MMLogger
+
+    for name, m in model.named_modules():
+        inits = getattr(m, "init_cfg", None)
+        inits = inits if isinstance(inits, (list, tuple)) else [inits]
+        if any(isinstance(i, dict) and i.get("type") == "Pretrained" for i in inits):
+            raise InputError(f"{name or type(model).__name__} would load pretrained weights: {inits}")
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel("WARNING")  # init_weights logs every parameter's init at INFO
+    try:
+        torch.manual_seed(c.seed)
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
+@torch.no_grad()
+def randomize_bn(model, c: Conditioning) -> None:
+    """Every BatchNorm's gamma ~ N(1, bn_gamma_std) clipped to ``bn_gamma_range``, beta ~ N(0, bn_beta_std)."""
+    g = torch.Generator().manual_seed(c.seed)
+    lo, hi = c.bn_gamma_range
+    for bn in batch_norms(model):
+        if bn.weight is not None:
+            gamma = (1 + c.bn_gamma_std * torch.randn(bn.weight.shape, generator=g)).clamp_(lo, hi)
+            bn.weight.copy_(gamma)
+        if bn.bias is not None:
+            bn.bias.copy_(c.bn_beta_std * torch.randn(bn.bias.shape, generator=g))
+
+
+def calibration_images(n: int) -> list[Path]:
+    """The first ``n`` of the study's images (sorted), or the packaged sample image outside a study."""
+    from .project import images_dir, sample_image
+
+    found = sorted(images_dir().glob("*.jpg")) if images_dir().is_dir() else []
+    return found[:n] or [sample_image()]
+
+
+def calibration_batches(model, images: list[Path]) -> list[tuple[Tensor, list]]:
+    """Each image through the stock test pipeline and data preprocessor (the model's scale): (inputs, samples)."""
+    import cv2
+
+    from .preprocess import test_pipeline
+
+    pipeline = test_pipeline(model)
+    batches = []
+    for path in images:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise InputError(f"could not read calibration image {path}")
+        data = pipeline(dict(img=img, img_id=0))
+        out = model.data_preprocessor(dict(inputs=[data["inputs"]], data_samples=[data["data_samples"]]), False)
+        batches.append((out["inputs"], out["data_samples"]))
+    return batches
+
+
+@torch.no_grad()
+def calibrate_bn(model, batches: list[tuple[Tensor, list]]) -> None:
+    """Set every BatchNorm's running mean and variance to their average over the calibration images.
+
+    One forward per image (batch 1), with each BatchNorm module itself in train mode and ``momentum=None`` (a
+    cumulative average) after its statistics are reset: ResNet's ``norm_eval`` keeps BatchNorm in eval under
+    ``model.train()``, so the modules are switched one by one. The forward is ``extract_feat`` when every BatchNorm
+    is in the backbone or neck (FPN), else the whole test forward, so BatchNorms after the features (a C4 shared
+    head's res5) see the RoIs they see at inference. Eval mode and each momentum are restored.
+    """
+    bns = [bn for bn in batch_norms(model) if bn.track_running_stats]
+    if not bns:
+        return
+    saved = [(bn, bn.training, bn.momentum) for bn in bns]
+    in_features = {id(m) for f in (model.backbone, getattr(model, "neck", None)) if f is not None for m in f.modules()}
+    features_only = all(id(bn) in in_features for bn in bns)
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for inputs, samples in batches:
+            if features_only:
+                model.extract_feat(inputs)
+            else:
+                model.predict(inputs, samples, rescale=False)
+    finally:
+        for bn, training, momentum in saved:
+            bn.train(training)
+            bn.momentum = momentum
+
+
+@torch.no_grad()
+def condition(model, c: Conditioning, batches: list[tuple[Tensor, list]]) -> None:
+    """Rescale the class and mask logit layers (see :class:`Conditioning`), measured on the calibration images.
+
+    The logits' spread is measured over every RPN proposal of every image (mask logits: the first 64 of each), on
+    the real images the BatchNorms were calibrated on: a synthetic noise image drives calibrated features an order
+    of magnitude past a photo's, and logits scaled on it leave most photos with no class above ``score_thr``.
     A cascade averages its stages' class logits: each stage is first brought to unit std, then all by one
     factor so the average has ``cls_logit_std``; the background bias is added to every stage (its mean).
     Scaling a stage's logits does not change the classes its boxes are refined by (argmax).
     """
-    from mmdet.structures import DetDataSample
     from mmdet.structures.bbox import bbox2roi
 
     from .cascade import is_cascade, run_bbox_stages
@@ -253,42 +400,43 @@ def condition(model, c: Conditioning) -> None:
     roi_head = model.roi_head
     cascade = is_cascade(roi_head)
     heads = list(roi_head.bbox_head) if cascade else [roi_head.bbox_head]
-    g = torch.Generator().manual_seed(c.seed)
-    size = c.calibration_size
-    img = torch.randint(0, 256, (1, 3, size, size), generator=g).float().to(heads[0].fc_cls.weight.device)
-    meta = dict(img_shape=(size, size), ori_shape=(size, size), scale_factor=(1.0, 1.0),
-                pad_shape=(size, size), batch_input_shape=(size, size))
-    norm = model.data_preprocessor
-    x = model.extract_feat((img - norm.mean) / norm.std)
-    proposals = model.rpn_head.predict(x, [DetDataSample(metainfo=meta)], rescale=False)
-    rois = bbox2roi([p.bboxes for p in proposals])
+    with_mask = getattr(roi_head, "with_mask", False)
+    mask_heads = (list(roi_head.mask_head) if cascade else [roi_head.mask_head]) if with_mask else []
+    logits: list[list[Tensor]] = [[] for _ in heads]  # per stage, per image
+    mask_logits: list[list[Tensor]] = [[] for _ in mask_heads]
+    for inputs, samples in batches:
+        x = model.extract_feat(inputs)
+        proposals = model.rpn_head.predict(x, samples, rescale=False)
+        rois = bbox2roi([p.bboxes for p in proposals])
+        stage_logits: list[Tensor] = []
 
-    logits: list[Tensor] = []
+        def bbox_forward(stage, feats, r):
+            out = roi_head._bbox_forward(stage, feats, r) if cascade else roi_head._bbox_forward(feats, r)
+            stage_logits.append(out["cls_score"])
+            return out
 
-    def bbox_forward(stage, feats, r):
-        out = roi_head._bbox_forward(stage, feats, r) if cascade else roi_head._bbox_forward(feats, r)
-        logits.append(out["cls_score"])
-        return out
-
-    if cascade:
-        run_bbox_stages(roi_head, x, rois, [meta], bbox_forward)
-    else:
-        bbox_forward(0, x, rois)
-    stds = [t.std().clamp_min(1e-12) for t in logits]
-    mean_std = float(sum(t / s for t, s in zip(logits, stds)).div(len(logits)).std()) if cascade else 1.0
+        if cascade:
+            run_bbox_stages(roi_head, x, rois, [s.metainfo for s in samples], bbox_forward)
+        else:
+            bbox_forward(0, x, rois)
+        for stage, t in enumerate(stage_logits):
+            logits[stage].append(t)
+        for stage in range(len(mask_heads)):
+            fwd = roi_head._mask_forward(stage, x, rois[:64]) if cascade else roi_head._mask_forward(x, rois[:64])
+            mask_logits[stage].append(fwd["mask_preds"])
+    cls = [torch.cat(t) for t in logits]
+    stds = [t.std().clamp_min(1e-12) for t in cls]
+    mean_std = float(sum(t / s for t, s in zip(cls, stds)).div(len(cls)).std()) if cascade else 1.0
     for head, s in zip(heads, stds):
         head.fc_cls.weight.mul_(c.cls_logit_std / (s * mean_std))
         head.fc_cls.bias.mul_(c.cls_logit_std / (s * mean_std))
         bg = head.num_classes  # mmdet puts background last
         if head.fc_cls.bias.numel() > bg:
             head.fc_cls.bias[bg] += c.background_bias
-    if getattr(roi_head, "with_mask", False):
-        mask_heads = list(roi_head.mask_head) if cascade else [roi_head.mask_head]
-        for stage, head in enumerate(mask_heads):
-            fwd = roi_head._mask_forward(stage, x, rois[:64]) if cascade else roi_head._mask_forward(x, rois[:64])
-            mstd = fwd["mask_preds"].std().clamp_min(1e-12)
-            head.conv_logits.weight.mul_(c.mask_logit_std / mstd)
-            head.conv_logits.bias.mul_(c.mask_logit_std / mstd)
+    for head, preds in zip(mask_heads, mask_logits):
+        mstd = torch.cat(preds).std().clamp_min(1e-12)
+        head.conv_logits.weight.mul_(c.mask_logit_std / mstd)
+        head.conv_logits.bias.mul_(c.mask_logit_std / mstd)
 
 
 def set_workload(model, *, dets_per_image: int | None = None, rpn_pre_nms: int | None = None,

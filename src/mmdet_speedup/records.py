@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from .environment import environment, git_sha
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
-BENCHMARK_VERSION = "1.2"
+#: 2.0: weights v2 (calibrated BatchNorm, models.WEIGHTS_RECIPE), A/A rows and the ladder's climb.
+BENCHMARK_VERSION = "2.0"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",

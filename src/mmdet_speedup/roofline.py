@@ -1,0 +1,235 @@
+"""Roofline bounds per stage: FLOPs counted for this model and input, over peaks measured on this machine.
+
+A stage's measured time says how fast it is, not how fast it could be. Dividing the FLOPs it must do by the
+machine's matrix peak for the dtype gives a floor it cannot beat (the compute roof); dividing the bytes it
+must move by the measured memory bandwidth gives the floor for memory-bound stages (the memory roof).
+"% of peak" is how close a stage gets. Both roofs are *measured here* through torch (a matmul per dtype, a
+tensor copy), not taken from a datasheet, so they are the peaks the study's own kernels can reach.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import stages as S
+from .checks import InputError
+from .timing import benchmark, resolve_device, summarize
+
+#: The stages ``stage_flops`` counts by default: the convolutional stages whose work does not depend on the data.
+COUNTED: tuple[str, ...] = (S.BACKBONE, S.NECK, S.RPN)
+#: What the counter does not see: it counts matrix products and convolutions (2 FLOPs per multiply-add) only.
+NOT_COUNTED = ("RPN NMS and box decoding (elementwise, data-dependent), BatchNorm, activations, biases, "
+               "upsampling and additions in the FPN, RoIAlign (an mmcv/torchvision kernel)")
+#: dtype names the study uses (precision.PRECISIONS) mapped to the names peaks are keyed by.
+ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-weights": "bfloat16",
+           "fp16-weights": "float16"}
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` as ``stage_flops`` counts them: 2 per multiply-add of mm/conv, biases not."""
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+class _FlopTimer:
+    """A stand-in for the pipeline's timer: each top-level stage it opens runs under its own FLOP counter.
+
+    Passing it as ``timer`` counts exactly the ops the pipeline runs inside its own stage ranges, so the
+    split between stages is the pipeline's, not a re-statement of it. Nested ranges (``rpn.nms``) count in
+    their parent only.
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, wanted: Sequence[str]) -> None:
+        self.wanted = set(wanted)
+        self.flops: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if name not in self.wanted:
+            yield
+            return
+        with FlopCounterMode(display=False) as fc:
+            yield
+        self.flops[name] = self.flops.get(name, 0.0) + float(fc.get_total_flops())
+
+
+@torch.no_grad()
+def stage_flops(pipeline, image, stages: Sequence[str] = COUNTED) -> dict[str, float]:
+    """FLOPs per stage for this model and this input (``torch.utils.flop_counter``, 2 per multiply-add).
+
+    Runs the pipeline's own stage methods (``prepare``, ``features``, ``proposals``, and ``boxes`` /
+    ``mask_logits`` only when ``roi_bbox`` / ``roi_mask`` are asked for) with a timer that counts instead
+    of timing. ``backbone``, ``neck`` and ``rpn`` depend on the padded input size only; the RoI heads' FLOPs
+    depend on how many proposals and detections this image gives. FLOPs do not depend on dtype, layout or
+    BatchNorm folding (BN is not counted), so any eager pipeline gives the fp32 count. Not counted:
+    ``NOT_COUNTED``. A compiled pipeline is refused: inductor's kernels bypass the counter.
+    """
+    if getattr(pipeline.choices, "compile", False):
+        raise InputError("stage_flops needs an eager pipeline: compiled kernels are invisible to the FLOP counter")
+    unknown = set(stages) - set(S.STAGES)
+    if unknown:
+        raise InputError(f"stage_flops counts top-level stages {S.STAGES}, not {sorted(unknown)}")
+    counter = _FlopTimer(stages)
+    inputs, samples = pipeline.prepare(image)
+    metas = [s.metainfo for s in samples]
+    feats = pipeline.features(inputs, counter)
+    proposals = pipeline.proposals(feats, metas, counter)
+    if S.ROI_BBOX in counter.wanted or S.ROI_MASK in counter.wanted:
+        results = pipeline.boxes(feats, metas, proposals, counter)
+        if S.ROI_MASK in counter.wanted and pipeline.with_mask:
+            pipeline.mask_logits(feats, results, metas[0], counter)
+    return {s: counter.flops.get(s, 0.0) for s in stages}
+
+
+# -- peaks ----------------------------------------------------------------------------------------------------
+def _matmul(dtype: str, n: int, dev: torch.device):
+    """The product to time for ``dtype``, or a reason it is skipped on this device."""
+    if dtype == "int8":
+        if not hasattr(torch, "_int_mm"):
+            return "torch._int_mm is not in this torch"
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=dev)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, device=dev)
+        try:
+            torch._int_mm(a, b)
+        except RuntimeError as e:
+            return f"torch._int_mm fails here: {str(e).splitlines()[0]}"
+        return lambda: torch._int_mm(a, b)
+    if dtype == "float16" and dev.type != "cuda":
+        return "fp16 matmul is measured on CUDA only (the study runs fp16 only there)"
+    dt = getattr(torch, dtype, None)
+    if not isinstance(dt, torch.dtype):
+        return f"unknown dtype {dtype!r}"
+    a = torch.randn(n, n, device=dev).to(dt)
+    b = torch.randn(n, n, device=dev).to(dt)
+    return lambda: torch.mm(a, b)
+
+
+@functools.lru_cache(maxsize=None)
+def _measure(device: str, dtypes: tuple[str, ...], size: int, repeats: int, copy_mib: int) -> dict[str, Any]:
+    dev = resolve_device(device)
+    matmul, spread, notes = {}, {}, {}
+    flops = 2.0 * size ** 3
+    for dtype in dtypes:
+        fn = _matmul(ALIASES.get(dtype, dtype), size, dev)
+        if isinstance(fn, str):
+            notes[dtype] = "skipped: " + fn
+            continue
+        times = benchmark(fn, warmup=1, repeats=repeats, device=dev)
+        s = summarize(times)
+        # a peak is what the machine can do: the best repeat, since a shared machine only ever slows one down
+        matmul[dtype] = flops / min(times) / 1e6                     # FLOP / ms -> GFLOP/s
+        spread[dtype] = [flops / s.p90 / 1e6, flops / s.median / 1e6]
+    n = copy_mib * 2 ** 20 // 4
+    src = torch.randn(n, device=dev)
+    dst = torch.empty_like(src)
+    nbytes = 2 * src.numel() * src.element_size()                  # read src + write dst
+    times = benchmark(lambda: dst.copy_(src), warmup=1, repeats=repeats, device=dev)
+    s = summarize(times)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {
+        "device": str(dev), "device_name": name, "threads": torch.get_num_threads(),
+        "matmul_size": size, "repeats": repeats,
+        "matmul_gflops": matmul, "matmul_gflops_p90_median": spread,
+        "copy_bytes": nbytes, "copy_gbps": nbytes / min(times) / 1e6,
+        "copy_gbps_p90_median": [nbytes / s.p90 / 1e6, nbytes / s.median / 1e6],
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" else None,
+        "notes": notes,
+        "method": (f"best of {repeats} timed {size}x{size} torch.mm per dtype (torch._int_mm for int8, "
+                   f"2*n^3 FLOP) and of a {copy_mib} MiB fp32 dst.copy_(src) (bytes read + written), "
+                   "through mmdet_speedup.timing.benchmark after one warm-up; the p90 and median repeats beside them"),
+    }
+
+
+def measure_peaks(device: str = "cpu", dtypes: Sequence[str] = ("float32", "bfloat16", "float16", "int8"),
+                  size: int | None = None, repeats: int = 5, copy_mib: int = 64) -> dict[str, Any]:
+    """This machine's matmul GFLOP/s per dtype and copy bandwidth GB/s, measured once per process per arguments.
+
+    ``size`` defaults to 2048 on the CPU (about 0.2 s per fp32 product on two cores) and 8192 on CUDA (a
+    small product does not fill a GPU). fp16 is skipped on the CPU and int8 where ``torch._int_mm`` is
+    missing, with a note saying so. The thread count is recorded: a CPU peak is a peak for that many threads.
+    """
+    dev = resolve_device(device)
+    n = size or (8192 if dev.type == "cuda" else 2048)
+    return copy.deepcopy(_measure(str(dev), tuple(dtypes), n, repeats, copy_mib))
+
+
+def peaks_record(device: str = "cpu", **kwargs: Any) -> dict[str, Any]:
+    """The peaks as a JSON-able entry for the environment record (the caller merges and writes it).
+
+    ``kwargs`` go to ``measure_peaks``; the record carries its method, sizes and thread count with the figures.
+    """
+    return {"roofline_peaks": measure_peaks(device, **kwargs)}
+
+
+# -- the arithmetic ---------------------------------------------------------------------------------------------
+def achieved_gflops(ms: float, flops: float) -> float:
+    return flops / ms / 1e6 if ms > 0 else math.nan
+
+
+def percent_of_peak(ms: float, flops: float, gflops_peak: float) -> float:
+    """Achieved GFLOP/s over the peak, in percent: 100 means the stage ran at the matmul roof."""
+    return achieved_gflops(ms, flops) / gflops_peak * 100 if gflops_peak > 0 else math.nan
+
+
+def compute_floor_ms(flops: float, gflops_peak: float) -> float:
+    """The least time ``flops`` can take at the measured matmul peak."""
+    return flops / gflops_peak / 1e6 if gflops_peak > 0 else math.nan
+
+
+def memory_floor_ms(nbytes: float, gbps: float) -> float:
+    """The least time moving ``nbytes`` can take at the measured copy bandwidth (for memory-bound stages)."""
+    return nbytes / gbps / 1e6 if gbps > 0 else math.nan
+
+
+def peak_for(peaks: Mapping[str, Any], dtype: str) -> float:
+    """The matmul peak for ``dtype`` (``fp32``/``bf16``/... or torch names) from ``measure_peaks`` or a plain map."""
+    table = peaks.get("matmul_gflops", peaks)
+    key = ALIASES.get(dtype, dtype)
+    if key not in table:
+        raise InputError(f"no measured matmul peak for {dtype!r}; have {sorted(table)}")
+    return float(table[key])
+
+
+def roofline_table(stage_ms: Mapping[str, float], flops: Mapping[str, float], peaks: Mapping[str, Any],
+                   dtype: str = "float32", nbytes: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """Per stage (those with both a time and a FLOP or byte count): ms, GFLOP, achieved GFLOP/s, peak, floor, %.
+
+    ``floor_ms`` is the compute floor, or the larger of compute and memory floors where ``nbytes`` gives the
+    stage's bytes moved (then ``bound`` says which roof binds and ``pct_of_peak`` is the floor over the time).
+    """
+    peak = peak_for(peaks, dtype)
+    gbps = float(peaks.get("copy_gbps", math.nan)) if nbytes else math.nan
+    rows = []
+    for stage in [s for s in stage_ms if s in flops or (nbytes and s in nbytes)]:
+        ms, f = float(stage_ms[stage]), float(flops.get(stage, 0.0))
+        row = {"stage": stage, "ms": ms, "gflop": f / 1e9, "achieved_gflops": achieved_gflops(ms, f),
+               "peak_gflops": peak, "floor_ms": compute_floor_ms(f, peak), "pct_of_peak": percent_of_peak(ms, f, peak)}
+        if nbytes:
+            b = nbytes.get(stage, math.nan)
+            mem = memory_floor_ms(b, gbps)
+            row.update(gb=b / 1e9, mem_floor_ms=mem, bound="memory" if mem > row["floor_ms"] else "compute")
+            if row["bound"] == "memory":
+                row.update(floor_ms=mem, pct_of_peak=mem / ms * 100 if ms > 0 else math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ["stage", "ms", "gflop", "achieved_gflops", "peak_gflops",
+                                                          "floor_ms", "pct_of_peak"])
+
+
+def percent_table(stages: pd.DataFrame, flops: Mapping[str, float], peaks: Mapping[str, Any],
+                  precisions: Mapping[str, str]) -> pd.DataFrame:
+    """% of the matrix peak per variant (rows of a ``stage_table``) and counted stage, each variant against the
+    peak of the dtype its convolutions run in (``precisions``: variant -> ``fp32``, ``bf16``, ``bf16-weights`` ...)."""
+    cols = [s for s in flops if s in stages.columns]
+    return pd.DataFrame({f"{s} % of peak": [percent_of_peak(stages.loc[v, s], flops[s],
+                                                            peak_for(peaks, precisions[v].split("-")[0]))
+                                            for v in stages.index] for s in cols}, index=stages.index)
