@@ -64,7 +64,7 @@ _ = ch.profiler(model).run(VARIANTS, samples)
 # ## Per stage
 # Median ms per image; the convolutional stages are the ones precision can touch.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 table = ms.stage_table(ch.rows()).reindex(list(VARIANTS))
 book.show_table(table)
 ratios = stats.ratio_table(ch.rows(), "fp32", stages=(S.BACKBONE, S.NECK), aa="fp32 (A/A)")

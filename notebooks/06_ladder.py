@@ -85,7 +85,7 @@ for case in cases:
 # both ways, matched box IoU averages at least 0.99 and mask IoU at least 0.95; *exact* when bit-identical;
 # otherwise it *changes results*. Under each table, every rung against the rung it was built on.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 rows = ch.rows()
 tables = lad.tables(rows, ch.rows("06_ladder_equivalence"), cases)
 for case, t in tables.items():
@@ -97,7 +97,7 @@ for case, t in tables.items():
 # Do the stages account for the time? The sum of the top-level stage medians against the independently timed
 # `total` (the gap is timer overhead and Python glue between stages):
 
-# %%
+# %% tags=["nbval-ignore-output"]
 book.show_table(lad.per_case(rows, cases, ms.stage_gap), 1)
 print("total per image: median, p10, p90 over repeats, and n")
 book.show_table(lad.per_case(rows, cases, ladder.total_spread), 1)
