@@ -22,7 +22,7 @@ from .optimize import Predictor
 from .pipeline import StagedPipeline
 from .profiler import stage_summary, stage_table
 from .project import reference_dir, seed_figures
-from .stats import (FASTER, SLOWER, Interval, Verdict, findings_markdown, preservation_column, ratio_table,
+from .stats import (FASTER, SLOWER, Interval, Verdict, findings_markdown, preservation_column, ratio_table, row_interval,
                     takeaway, verdict)
 
 LEGACY, BASE = "legacy", "stock"
@@ -101,7 +101,7 @@ def pilot_with(profiler, samples, stages: Sequence[str] = (S.TOTAL,)) -> Callabl
         rows = profiler.run({"base": base, "candidate": candidate}, samples)
         if "status" in rows and (rows["status"] == "error").any():
             return Verdict(SLOWER, Interval(float("nan"), float("nan"), float("nan"), 0))  # a failing lever
-        return verdict(_interval(ratio_table(rows, "base", stages=stages).loc["candidate"]))
+        return verdict(row_interval(ratio_table(rows, "base", stages=stages).loc["candidate"]))
     return pilot
 
 
@@ -145,9 +145,9 @@ class Ladder:
 
     def rung_verdicts(self, rows: pd.DataFrame) -> dict[str, Verdict]:
         """One case's rungs, each against the rung it was built on, held to the A/A floor (failed rungs left out)."""
-        floor = _interval(ratio_table(rows, BASE, aa=AA).loc[AA])
+        floor = row_interval(ratio_table(rows, BASE, aa=AA).loc[AA])
         ok = set(rows.loc[rows["status"] == "ok", "variant"])
-        return {rung: verdict(_interval(ratio_table(rows, parent).loc[rung]), floor)
+        return {rung: verdict(row_interval(ratio_table(rows, parent).loc[rung]), floor)
                 for rung, parent in self.climbed.parent.items() if rung in ok}
 
     def verdicts(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -203,10 +203,6 @@ class Ladder:
                         smap: pd.Series | None = None) -> pd.DataFrame:
         """``seed_comparison`` from ``legacy`` to the last result-preserving row."""
         return seed_comparison(tables, LEGACY, self.path, seed, smap)
-
-
-def _interval(row: pd.Series) -> Interval:
-    return Interval(float(row["ratio"]), float(row["lo"]), float(row["hi"]), int(row["n"]))
 
 
 def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:

@@ -280,8 +280,13 @@ def glue_markdown(name: str, text: str) -> None:
     glue(name, Markdown(text), display=False)
 
 
+def row_interval(row: pd.Series) -> Interval:
+    """The interval one ``ratio_table`` row holds."""
+    return Interval(float(row["ratio"]), float(row["lo"]), float(row["hi"]), int(row["n"]))
+
+
 def table_findings(table: pd.DataFrame, baseline: str, what: str = "") -> str:
     """A ``ratio_table``'s rows, all but the baseline's, as Markdown findings (``takeaway`` each)."""
     return findings_markdown(
-        takeaway(str(label), Verdict(r["verdict"], Interval(r["ratio"], r["lo"], r["hi"], int(r["n"]))), baseline, what)
+        takeaway(str(label), Verdict(r["verdict"], row_interval(r)), baseline, what)
         for label, r in table.iterrows() if label != baseline)
