@@ -54,8 +54,9 @@ VARIANTS = {v: ms.Choices(preprocess=v) for v in ("legacy", "stock", "device", "
 
 # %% tags=["nbval-ignore-output"]
 cases = [(size, scale) for size in input_sizes] + ([(seed_case, seed_case)] if seed_case else [])
+models = {s: ch.model(scale=s) for s in dict.fromkeys(s for _, s in cases)}  # one build per model scale
 for size, model_scale in cases:
-    ch.profiler(ch.model(scale=model_scale)).run_preprocess(VARIANTS, ch.samples(size))
+    ch.profiler(models[model_scale]).run_preprocess(VARIANTS, ch.samples(size))
 
 # %% [markdown]
 # ## What each path costs, per input size
@@ -80,7 +81,7 @@ plt.show()
 
 # %%
 img = ms.load_image(ch.samples(input_sizes[-1], 1)[0].data)
-diffs = pd.DataFrame([compare_inputs(ch.model(), img, v, ch.device) for v in ("legacy", "device")]).set_index("variant")
+diffs = pd.DataFrame([compare_inputs(models[scale], img, v, ch.device) for v in ("legacy", "device")]).set_index("variant")
 ch.record("01_preprocess_inputs", diffs.reset_index())
 book.show_table(diffs, 3)
 
