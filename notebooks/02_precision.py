@@ -58,18 +58,21 @@ VARIANTS = {"fp32": C(), "fp32 (A/A)": C(), "fp32 +cl": cl(), low: C(precision=l
 
 # %% tags=["nbval-ignore-output"]
 model, samples = ch.model(), ch.samples(input_size)
-_ = ch.profiler(model).run(VARIANTS, samples)
+prof = ch.profiler(model)
+_ = prof.run(VARIANTS, samples)
+ch.glue(prec_repeats=ms.profiler.repeats_sentence(prof.last_repeats))
 
 # %% [markdown]
 # ## Per stage
-# Median ms per image; the convolutional stages are the ones precision can touch.
+# Median ms per image over {glue:text}`prec_repeats`; the convolutional stages are the ones precision can touch.
 
 # %% tags=["nbval-ignore-output"]
 table = ms.stage_table(ch.rows()).reindex(list(VARIANTS))
 book.show_table(table)
 ratios = stats.ratio_table(ch.rows(), "fp32", stages=(S.BACKBONE, S.NECK), aa="fp32 (A/A)")
 book.show_table(ratios, 2)
-_ = book.stacked_stages(table, title=f"Mask R-CNN R-50-FPN, {input_size} input at {scale}, {ch.device.type}")
+_ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, ratios)}, aa="fp32 (A/A)",
+                        what="of backbone + neck against fp32")
 
 # %% [markdown]
 # `fp32 (A/A)` is `fp32` run a second time in the same sweep: the interval of its ratio is this run's noise

@@ -116,29 +116,30 @@ def test_tables_split_cases_and_tolerate_cases_without_agreement():
     assert math.isnan(spread.loc[("a", "legacy"), "median"])
 
 
-def _table(stock: dict[str, float], speedups: dict[str, float]) -> pd.DataFrame:
-    t = pd.DataFrame([stock], index=["stock"])
-    for row, sp in speedups.items():
-        t.loc[row] = float("nan")
-        t.loc[row, "speed-up"] = sp
-    t.loc["stock", "speed-up"] = 1.0
-    return t
+def test_stage_bounds_of_the_path_on_the_small_model(mask_rcnn, image):
+    """Bound (a) comes from the best rows anywhere; bound (b) from FLOPs and bytes over peaks; neither is
+    claimed where the path is already below it, and neither ever exceeds the path's own ms."""
+    from mmdet_speedup.roofline import best_measured
 
-
-def test_amdahl_bound_counts_what_no_row_touches():
-    stock = {S.LOAD: 5.0, S.BACKBONE: 60.0, S.RPN: 20.0, S.RPN_NMS: 4.0, S.ROI_BBOX: 10.0, S.ROI_BBOX_NMS: 1.0,
-             S.TOTAL: 100.0}  # stages sum to 95: 5 ms of glue
-    b = ladder.amdahl_bound(_table(stock, {"+compile": 2.5, "+fewer": 3.0}), "+compile", "+fewer")
-    assert b["untouched ms"] == pytest.approx(5 + 4 + 1 + 5)
-    assert b["Amdahl bound"] == pytest.approx(100 / 15)
-    assert (b["stock ms"], b["reached"], b["with fewer proposals"]) == (100.0, 2.5, 3.0)
-    # medians do not add exactly: stages summing past total are no negative glue
-    over = ladder.amdahl_bound(_table({**stock, S.TOTAL: 90.0}, {"+compile": 2.0}), "+compile")
-    assert over["untouched ms"] == pytest.approx(10.0) and "with fewer proposals" not in over
-    lad = ladder.Ladder("cpu", 7)
-    lad.climb(_pilot({"compile"}))
-    bounds = lad.bounds({"x>y": _table(stock, {"+compile": 2.5, lad.fewer: 4.0})})
-    assert list(bounds.index) == ["x>y"] and bounds.loc["x>y", "with fewer proposals"] == 4.0
+    lad = ladder.Ladder("cpu", 100)
+    lad.climb(_pilot({"channels_last"}))
+    assert lad.path == "+precision"
+    stages = {S.LOAD: 2.0, S.PREPROCESS: 3.0, S.DATA_PREPROCESSOR: 1.0, S.BACKBONE: 400.0, S.NECK: 100.0,
+              S.RPN: 80.0, S.ROI_BBOX: 40.0, S.ROI_MASK: 20.0, S.MASK_POSTPROCESS: 10.0}
+    key = dict(config="m", device="cpu", input_size="480x320", scale="480x320", rpn_pre_nms=1000, dets_per_image=60)
+    rows = pd.concat([_rows("c", {v: [800.0] * 3}, {s: ms * f for s, ms in stages.items()}).assign(**key)
+                      for v, f in (("stock", 2.0), ("+precision", 1.0))])
+    other = _rows("c", {"+compile": [500.0] * 3}, {S.BACKBONE: 150.0}).assign(**key, run_id="r0", notebook="02")
+    best = best_measured(pd.concat([rows.assign(run_id="r1", notebook="06"), other]))
+    table = ladder.case_table(rows, None, lad.rows)
+    peaks = {"matmul_gflops": {"float32": 100.0, "bfloat16": 200.0}, "copy_gbps": 10.0}
+    b = lad.stage_bounds(mask_rcnn, str(image), table, rows, best, peaks)
+    assert list(b.index) == list(stages)
+    assert b.loc[S.BACKBONE, "best measured ms"] == 150.0  # chapter 02's compiled row
+    assert b.loc[S.NECK, "best measured ms"] == 100.0  # the path is the best measured
+    assert (b["best measured ms"] <= b["path ms"]).all()
+    assert 0 < b.loc[S.BACKBONE, "roofline floor ms"]  # GFLOP over 200 GFLOP/s
+    assert b.loc[S.LOAD, "roofline floor ms"] < 2.0  # a decoded image over 10 GB/s
 
 
 def test_findings_in_words():
@@ -198,3 +199,40 @@ def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_worklo
     assert p.pipeline.model.rpn_head.test_cfg["max_per_img"] == 100
     stock = makers["stock"]()
     assert stock.pipeline.model is mask_rcnn and stock.reference.model is mask_rcnn
+
+
+class _FakeProfiler:
+    """Returns hand-made rows: ``candidate`` at ``speed`` times the base's speed, the A/A copy at ``aa``."""
+
+    def __init__(self, speeds: list[float], aa: float = 1.0) -> None:
+        self.speeds, self.aa, self.calls = list(speeds), aa, []
+
+    def run(self, variants, samples):
+        self.calls.append(list(variants))
+        noise = [1.0, 1.03, 0.97, 1.01, 0.99]
+        speed = self.speeds.pop(0)
+        totals = {"base": [100 * k for k in noise], "candidate": [100 / speed * k for k in noise]}
+        if ladder.PILOT_AA in variants:
+            totals[ladder.PILOT_AA] = [100 / self.aa * k for k in noise[::-1]]
+        return _rows("c", totals)
+
+
+def test_pilot_measures_its_own_floor_once_and_holds_verdicts_to_it():
+    prof = _FakeProfiler([2.0, 1.08, 1.3], aa=1.10)  # a pilot whose A/A pair differs by 10%
+    pilot = ladder.pilot_with(prof, [])
+    assert pilot(STOCK, STOCK).word == "faster"
+    assert pilot(STOCK, STOCK).word == "no measurable difference"  # 8% sits inside the pilot's floor
+    assert pilot(STOCK, STOCK).word == "faster"
+    assert prof.calls == [["base", "candidate", ladder.PILOT_AA], ["base", "candidate"], ["base", "candidate"]]
+
+
+def test_findings_say_where_the_sweep_disagrees_with_the_pilot():
+    lad = ladder.Ladder("cpu", 300)
+    lad.climbed = ladder.climb(ladder.levers("cpu")[:2], _pilot({"preprocess"}))  # pilot: precision no, preprocess yes
+    noise = [1.0, 1.02, 0.99, 1.01, 0.98, 1.0, 1.01]
+    rows = _rows("c", {"stock": [100 * k for k in noise], ladder.AA: [100 * k for k in noise[::-1]],
+                       "+precision": [50 * k for k in noise], "+auto preprocess": [100 * k for k in noise]})
+    assert lad.disagreements(rows) == ["+precision", "+auto preprocess"]
+    text = lad.findings(rows)
+    assert "not kept" in text and "the pilot that decided this said no measurable difference" in text
+    assert text.count("the pilot that decided this said") == 2

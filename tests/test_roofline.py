@@ -102,3 +102,55 @@ def test_stage_flops_on_mask_rcnn(small_pipeline, image):
     assert 0 < flops[S.RPN] < flops[S.BACKBONE]
     with pytest.raises(InputError, match="top-level"):
         R.stage_flops(small_pipeline, image, stages=(S.RPN_NMS,))
+
+
+def test_stage_bytes_count_the_tensors_each_stage_reads_and_writes(mask_rcnn, image):
+    from mmdet_speedup import Choices, StagedPipeline
+
+    fp32 = R.stage_bytes(StagedPipeline(mask_rcnn), str(image))
+    img = __import__("cv2").imread(str(image))
+    assert fp32[S.LOAD] == img.nbytes
+    assert fp32[S.PREPROCESS] > img.nbytes and fp32[S.DATA_PREPROCESSOR] > 0
+    weights = sum(p.numel() * 4 for p in mask_rcnn.backbone.parameters())
+    assert fp32[S.BACKBONE] > weights  # weights, input and the four maps
+    assert all(v >= 0 for v in fp32.values()) and fp32[S.MASK_POSTPROCESS] > 0
+    # bf16 channels_last maps are converted for RoIAlign: roi_bbox moves those bytes too
+    bf16 = R.stage_bytes(StagedPipeline(mask_rcnn, Choices(precision="bf16", channels_last=True)), str(image))
+    assert bf16[S.ROI_BBOX] > fp32[S.ROI_BBOX]
+    assert bf16[S.BACKBONE] < fp32[S.BACKBONE]  # half-size weights and maps
+    # raw masks hold 28x28 probabilities, not image-size masks
+    raw = R.stage_bytes(StagedPipeline(mask_rcnn, Choices(masks="raw")), str(image))
+    assert raw[S.MASK_POSTPROCESS] < fp32[S.MASK_POSTPROCESS]
+
+
+def _rows(notebook, run, variant, stage_ms, scale="1333x800", reps=3):
+    import pandas as pd
+
+    return pd.DataFrame([dict(run_id=run, notebook=notebook, variant=variant, stage=st, ms=ms * (1 + 0.01 * r),
+                              repeat=r, image="a", status="ok", config="m", device="cpu", input_size=scale,
+                              scale=scale, rpn_pre_nms=1000, dets_per_image=100)
+                         for r in range(reps) for st, ms in stage_ms.items()])
+
+
+def test_best_measured_anywhere_and_the_bounds_on_it():
+    import pandas as pd
+
+    rows = pd.concat([_rows("02", "r1", "fp32", {S.BACKBONE: 100.0, S.RPN: 20.0}),
+                      _rows("02", "r1", "bf16", {S.BACKBONE: 40.0, S.RPN: 25.0}),
+                      _rows("06", "r2", "+compile", {S.BACKBONE: 30.0, S.RPN: 22.0}),
+                      _rows("06", "r2", "+compile", {S.BACKBONE: 5.0}, scale="640x480")])  # another case
+    best = R.best_measured(rows)
+    mine = R.best_for(best, rows[rows["scale"] == "1333x800"])
+    assert mine == {S.BACKBONE: pytest.approx(30.3), S.RPN: pytest.approx(20.2)}  # medians over 3 repeats
+    assert best.xs(S.BACKBONE, level="stage")["notebook"].tolist() == ["06", "06"]
+    t = R.bounds_table({S.BACKBONE: 100.0, S.RPN: 20.0, S.LOAD: 10.0}, {S.LOAD: 10.0, S.BACKBONE: 40.0, S.RPN: 25.0},
+                       mine, {S.BACKBONE: 10.0, S.RPN: 50.0})
+    assert list(t.index) == [S.LOAD, S.BACKBONE, S.RPN]  # pipeline order
+    assert t.loc[S.LOAD, "best measured ms"] == 10.0  # no bound for load: the path's own ms
+    assert t.loc[S.RPN, "% of roof"] == 200.0  # the measured peak is below what this stage reached ...
+    assert t.loc[S.BACKBONE, "% of roof"] == pytest.approx(25.0)
+    b = R.bound_speedups(t)
+    assert b["reached"] == pytest.approx(130 / 75)
+    assert b["best measured bound"] == pytest.approx(130 / (10 + 30.3 + 20.2))
+    assert b["roofline bound"] == pytest.approx(130 / (10 + 10 + 25))  # ... so no bound is claimed there
+    assert math.isnan(t.loc[S.LOAD, "roofline floor ms"])

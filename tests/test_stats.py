@@ -235,3 +235,26 @@ def test_ratio_table_by_two_columns_without_images():
     assert t.index.names == ["variant", "threads"] and t.loc[("stock", 1), "text"] == "baseline"
     assert t.loc[("fast", 2), "ratio"] == pytest.approx(2.0) and t.loc[("fast", 2), "verdict"] == FASTER
     assert t.loc[("stock", 2), "verdict"] == NO_DIFFERENCE
+
+
+def test_speedup_chart_draws_intervals_as_error_bars_and_the_floor():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mmdet_speedup import book
+
+    t = pd.DataFrame({"ratio": [1.0, 1.02, 2.0, 0.5], "lo": [1.0, 0.95, 1.8, 0.45], "hi": [1.0, 1.1, 2.2, 0.55],
+                      "verdict": [None, "no measurable difference", "faster", "slower"],
+                      "text": ["baseline", "x", "y", "z"]}, index=["base", "A/A", "fast", "slow"])
+    ax = book.speedup_chart(t, aa="A/A")
+    bars = [p for p in ax.patches if p.get_height() < 1]  # the bars, not the shaded floor
+    assert [round(b.get_width(), 2) for b in bars] == [1.02, 2.0, 0.5]  # the baseline has no bar
+    from matplotlib.container import ErrorbarContainer
+
+    err = next(c for c in ax.containers if isinstance(c, ErrorbarContainer))
+    segs = err.lines[2][0].get_segments()
+    assert [tuple(np.round(s[:, 0], 2)) for s in segs] == [(0.95, 1.1), (1.8, 2.2), (0.45, 0.55)]
+    assert "A/A noise floor" in [h.get_label() for h in ax.get_legend().legend_handles]
+    table = pd.DataFrame({"backbone": [10.0, 9.0, 5.0, 20.0]}, index=t.index)
+    fig = book.profile_figure({"one": (table, t), "two": (table, t)}, aa="A/A")
+    assert len(fig.axes) == 4 and [a.get_title() for a in fig.axes[::2]] == ["one", "two"]

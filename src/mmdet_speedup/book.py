@@ -82,10 +82,16 @@ class Chapter:
                               workload=workload)
 
     def profiler(self, model, **kw):
-        """A profiler that records into this chapter's rows, with its ``repeats`` and ``warmup``."""
-        from .profiler import Profiler
+        """A profiler that records into this chapter's rows, with its ``warmup`` and the study's repeat rule for the
+        model's scale (``Repeats.for_scale``: exactly ``repeats`` passes up to 1333x800; above it at least 3, and
+        fewer than ``repeats`` only where every interval is already narrow or the sweep reaches
+        ``sweep_budget_s``). What each sweep traded: ``profiler.last_repeats``, in words ``repeats_sentence``."""
+        from .profiler import Profiler, Repeats, workload_of
 
-        kw = {"repeats": self.params.get("repeats", 3), "warmup": self.params.get("warmup", 1), **kw}
+        p = self.params
+        scale = workload_of(model)["scale"] or "1333x800"
+        repeats = Repeats.for_scale(scale, int(p.get("repeats", 3)), budget_s=p.get("sweep_budget_s"))
+        kw = {"repeats": repeats, "warmup": p.get("warmup", 1), **kw}
         return Profiler(model, device=str(self.device), recorder=self.rec, **kw)
 
     def samples(self, size: str | None, n: int | None = None) -> list:
@@ -173,6 +179,28 @@ def load_rows(recorder_or_path, run_id: str | None = None, name: str | None = No
     return df[~df["run_id"].isin(unfinished_runs(Path(path).parent))].reset_index(drop=True)
 
 
+def study_rows(results: Path | None = None, version: str | None = None) -> pd.DataFrame:
+    """Every chapter's profiler rows at one benchmark version (default: this one), each chapter's latest finished
+    run: what "anywhere in the study" means for a bound (``roofline.best_measured``)."""
+    from .records import BENCHMARK_VERSION
+
+    d = results or results_dir()
+    version = version or BENCHMARK_VERSION
+    frames = []
+    for path in sorted(d.glob("*.csv")):
+        head = pd.read_csv(path, nrows=0).columns
+        if not {"run_id", "notebook", "variant", "stage", "ms", "status"} <= set(head) or path.stem != path.stem.split(
+                "_equivalence")[0]:
+            continue
+        df = load_rows(path)
+        df = df[df["benchmark_version"].astype(str) == version]
+        if len(df):
+            latest = df.groupby("notebook")["run_id"].transform("max")
+            frames.append(df[df["run_id"] == latest])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["run_id", "notebook", "variant", "stage", "ms", "status"])
+
+
 def environment_table(run_id: str) -> pd.DataFrame:
     env = json.loads((results_dir() / "environment" / f"{run_id}.json").read_text())
     flat = {"run": env["run_id"], "git": env["git_sha"], "benchmark version": env["benchmark_version"],
@@ -223,12 +251,55 @@ def scaling_chart(df: pd.DataFrame, x: str, y: str, hue: str, ax=None, title: st
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax)
+    # the median of the repeats at each point, with its 95% bootstrap interval as error bars
+    sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", ax=ax, estimator="median", errorbar=("ci", 95),
+                 err_style="bars", seed=0)
     if log:
         ax.set(xscale="log", yscale="log")
     ax.set(title=title, xlabel=xlabel or x, ylabel=ylabel or y)
     ax.grid(alpha=0.3, which="both")
     return ax
+
+
+def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None = None):
+    """A ``stats.ratio_table`` as horizontal bars: each row's ratio against the baseline with its 95% interval as
+    error bars, a line at 1 (no change) and the A/A row's interval (``aa``) shaded as the noise floor."""
+    import matplotlib.pyplot as plt
+
+    from .stats import error_bars
+
+    t = table[table["text"] != "baseline"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.45 * len(t) + 1.4))
+    colors = ["#4c72b0" if w == "faster" else "#c44e52" if w == "slower" else "#8c8c8c" for w in t["verdict"]]
+    ax.barh([str(i) for i in t.index], t["ratio"], xerr=error_bars(t), color=colors, capsize=3,
+            error_kw={"elinewidth": 1})
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    if aa is not None and aa in table.index:
+        ax.axvspan(table.loc[aa, "lo"], table.loc[aa, "hi"], color="#dddddd", zorder=0, label="A/A noise floor")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up against the baseline (95% interval); blue faster, red slower, grey no measurable difference")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def profile_figure(panels: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], aa: str | None = None,
+                   stages=S.STAGES, what: str = "against the baseline"):
+    """One row of two charts per title in ``panels`` (title -> (``stage_table``, ``stats.ratio_table``)): where the
+    time goes (``stacked_stages``) and each row's speed-up with its interval and the A/A floor (``speedup_chart``)."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(t) for t, _ in panels.values())
+    fig, axes = plt.subplots(len(panels), 2, figsize=(16, (0.45 * n + 1.8) * len(panels)), squeeze=False)
+    for (ax, ax_r), (title, (table, ratios)) in zip(axes, panels.items()):
+        stacked_stages(table, ax=ax, title=title, stages=stages)
+        speedup_chart(ratios.reindex([r for r in table.index if r in ratios.index]), ax=ax_r, aa=aa,
+                      title=f"{title}: speed-up {what}")
+    fig.tight_layout()
+    plt.show()
+    return fig
 
 
 def show_table(df: pd.DataFrame, digits: int = 1):

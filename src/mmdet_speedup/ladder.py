@@ -1,5 +1,6 @@
 """The end-to-end ladder (chapter 06): fixed rows, each adding one optimization to the row above, and what is
-read from their rows: the per-case table, the Amdahl bound over the ``stock`` profile, the seed comparison.
+read from their rows: the per-case table, the bounds per stage (best measured anywhere, roofline floor), the
+seed comparison.
 
 A case is ``"<input size>><model scale>"`` (WxH each), e.g. ``"3840x2304>1333x800"``. Every ratio is against
 ``stock`` (mmdet 3.3's ``test_step``). The rows a run measured come back from its CSV; the functions below take
@@ -14,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import pandas as pd
 import torch
 
-from . import precision
+from . import precision, roofline
 from . import stages as S
 from .choices import STOCK, Choices
 from .models import clone, set_workload
@@ -94,14 +95,29 @@ def climb(rungs: Sequence[tuple[str, dict]], pilot: Callable[[Choices, Choices],
     return c
 
 
+#: The pilot's own A/A row (``base`` measured twice), added to its first comparison.
+PILOT_AA = "base (A/A)"
+
+
 def pilot_with(profiler, samples, stages: Sequence[str] = (S.TOTAL,)) -> Callable[[Choices, Choices], Verdict]:
-    """A pilot for ``climb``: ``profiler`` (its own repeats, no recorder) runs base and candidate interleaved."""
+    """A pilot for ``climb``: ``profiler`` (its own repeats, no recorder) runs base and candidate interleaved.
+
+    The first comparison also runs ``base`` a second time: that A/A pair is the pilot's noise floor, and every
+    pilot verdict is held to it, as the sweep's verdicts are held to the sweep's. Give the profiler a
+    ``Repeats`` policy (e.g. ``Repeats(3, 7)``) so a pilot stops once its intervals are narrow and measures
+    longer where they are not.
+    """
+    floor: list[Interval] = []
 
     def pilot(base: Choices, candidate: Choices) -> Verdict:
-        rows = profiler.run({"base": base, "candidate": candidate}, samples)
+        variants = {"base": base, "candidate": candidate, **({} if floor else {PILOT_AA: base})}
+        rows = profiler.run(variants, samples)
         if "status" in rows and (rows["status"] == "error").any():
             return Verdict(SLOWER, Interval(float("nan"), float("nan"), float("nan"), 0))  # a failing lever
-        return verdict(row_interval(ratio_table(rows, "base", stages=stages).loc["candidate"]))
+        t = ratio_table(rows, "base", stages=stages, aa=None if floor else PILOT_AA)
+        if not floor:
+            floor.append(row_interval(t.loc[PILOT_AA]))
+        return verdict(row_interval(t.loc["candidate"]), floor[0])
     return pilot
 
 
@@ -160,11 +176,20 @@ class Ladder:
                              for rung, v in self.rung_verdicts(rows).items()]).set_index("row")
 
     def findings(self, rows: pd.DataFrame) -> str:
-        """One case's climb in words (Markdown): each rung against the rung it was built on, kept or not."""
-        return findings_markdown(
-            takeaway(rung, v, self.climbed.parent[rung]).rstrip(".")
-            + ("; kept." if self.climbed.kept[rung] else "; not kept (the rungs above build on the rung below).")
-            for rung, v in self.rung_verdicts(rows).items())
+        """One case's climb in words (Markdown): each rung against the rung it was built on, kept or not, and
+        where the full sweep's verdict differs from the pilot's that decided it."""
+        def line(rung: str, v: Verdict) -> str:
+            kept = self.climbed.kept[rung]
+            text = takeaway(rung, v, self.climbed.parent[rung]).rstrip(".")
+            text += "; kept" if kept else "; not kept (the rungs above build on the rung below)"
+            if v.word != self.climbed.pilot[rung].word:
+                text += f"; the pilot that decided this said {self.climbed.pilot[rung].text}"
+            return text + "."
+        return findings_markdown(line(rung, v) for rung, v in self.rung_verdicts(rows).items())
+
+    def disagreements(self, rows: pd.DataFrame) -> list[str]:
+        """Rungs whose full-sweep verdict against the rung below differs from the pilot's."""
+        return [r for r, v in self.rung_verdicts(rows).items() if v.word != self.climbed.pilot[r].word]
 
     def fewer_model(self, model):
         """A copy of ``model`` whose RPN keeps ``fewer_proposals`` proposals (``model`` is left as it is)."""
@@ -194,10 +219,21 @@ class Ladder:
         return pd.concat({case: summary(rows[rows["case"] == case]).reindex(self.rows) for case in cases},
                          names=["case", "row"])
 
-    def bounds(self, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-        """``amdahl_bound`` per case."""
-        return pd.DataFrame([{"case": case, **amdahl_bound(t, self.path, self.fewer)}
-                             for case, t in tables.items()]).set_index("case")
+    def stage_bounds(self, model, image, table: pd.DataFrame, rows: pd.DataFrame, best: pd.DataFrame,
+                     peaks: Mapping) -> pd.DataFrame:
+        """How far the path could go at one case, per stage (``roofline.bounds_table``): ``stock``, the path, (a)
+        the best cost measured for the stage anywhere in the study (``best``: ``roofline.best_measured``), and (b)
+        the roofline floor: FLOPs counted for this model and input over the matmul peak of the path's dtype, or
+        the bytes the stage must move over the copy bandwidth, whichever is larger (``peaks``:
+        ``roofline.measure_peaks``). ``table``: the case's ``case_table``; ``rows``: its profiler rows."""
+        c = self.choices[self.path].replace(compile=False)  # compiled kernels hide from the FLOP counter
+        pipe = StagedPipeline(model, c, self.device)
+        flops = roofline.stage_flops(pipe, image, stages=(S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX, S.ROI_MASK))
+        path_ms = table.loc[self.path, [s for s in S.STAGES if s in table.columns]].dropna().to_dict()
+        roof = roofline.roofline_table(path_ms, flops, peaks, c.precision.split("-")[0],
+                                       roofline.stage_bytes(pipe, image))
+        return roofline.bounds_table(table.loc[BASE].to_dict(), path_ms, roofline.best_for(best, rows),
+                                     roof.set_index("stage")["floor_ms"].to_dict())
 
     def seed_comparison(self, tables: Mapping[str, pd.DataFrame], seed: pd.DataFrame | None = None,
                         smap: pd.Series | None = None) -> pd.DataFrame:
@@ -234,23 +270,6 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
 def total_spread(rows: pd.DataFrame) -> pd.DataFrame:
     """Per variant, ``total`` ms per image over repeats and images: median, p10, p90 and n."""
     return stage_summary(rows[rows["stage"] == S.TOTAL]).set_index("variant")[["median", "p10", "p90", "n"]]
-
-
-def amdahl_bound(table: pd.DataFrame, reached: str, fewer: str | None = None) -> dict[str, float]:
-    """How far the rows could go: if every stage a row speeds up took no time, ``stock``'s total would shrink to
-    what no row touches (decoding, the two NMS and the untimed glue between stages); the bound is ``stock``'s
-    total over that. Next to it, the speed-up row ``reached`` got (and the ``fewer`` row, if given).
-
-    Medians do not add exactly: a negative glue (stages summing past ``total``) counts as none.
-    """
-    s = table.loc[BASE]
-    glue = max(0.0, s[S.TOTAL] - s[[c for c in S.STAGES if c in table]].sum())
-    untouched = s[S.LOAD] + s.get(S.RPN_NMS, 0) + s.get(S.ROI_BBOX_NMS, 0) + glue
-    out = {"stock ms": s[S.TOTAL], "untouched ms": untouched, "Amdahl bound": s[S.TOTAL] / untouched,
-           "reached": table.loc[reached, "speed-up"]}
-    if fewer is not None:
-        out["with fewer proposals"] = table.loc[fewer, "speed-up"]
-    return {k: float(v) for k, v in out.items()}
 
 
 def biggest_stage(row: pd.Series) -> str:

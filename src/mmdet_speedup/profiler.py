@@ -76,6 +76,75 @@ class Stream:
     size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class Repeats:
+    """How many interleaved passes a sweep measures, chosen per sweep so a study fits its time.
+
+    At least ``min`` passes and at most ``max``. Between them the sweep stops as soon as either every variant's
+    95% interval for its ratio against ``base`` (default: the first variant) on ``stage`` is narrower than
+    ``width`` (``hi / lo - 1``): more passes would not change what the chapter can say; or the next pass would
+    take the measured passes past ``budget_s`` seconds. ``Repeats(7)`` is exactly seven passes.
+    """
+
+    min: int = 3
+    max: int | None = None
+    width: float = 0.10
+    budget_s: float | None = None
+    stage: str = S.TOTAL
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max is None:
+            object.__setattr__(self, "max", self.min)
+        if not 1 <= self.min <= self.max:
+            raise ValueError(f"repeats need 1 <= min <= max, got min={self.min}, max={self.max}")
+
+    def stop(self, done: int, seconds: float, rows: list[dict]) -> str:
+        """Why to stop after ``done`` measured passes taking ``seconds`` (``rows`` so far), or "" to go on."""
+        if done >= self.max:
+            return "max"
+        if done < self.min:
+            return ""
+        if self.budget_s is not None and seconds * (done + 1) / done > self.budget_s:
+            return "budget"
+        return "narrow" if self.narrow(pd.DataFrame(rows)) else ""
+
+    def narrow(self, rows: pd.DataFrame) -> bool:
+        from .stats import ratio_table
+
+        ok = rows[rows["status"] == "ok"] if len(rows) else rows
+        if len(ok) == 0 or self.stage not in set(ok["stage"]):
+            return False  # nothing to judge by: measure up to ``max``
+        labels = list(dict.fromkeys(ok["variant"]))
+        base = self.base or labels[0]
+        if base not in labels:
+            return False
+        t = ratio_table(ok, base, stages=(self.stage,), n_boot=500).drop(base)
+        return bool(((t["hi"] / t["lo"] - 1) <= self.width).all())
+
+    @classmethod
+    def for_scale(cls, scale: str | tuple[int, int], repeats: int, *, large_min: int = 3, width: float = 0.10,
+                  budget_s: float | None = None) -> "Repeats":
+        """The study's rule: exactly ``repeats`` passes up to 1333x800 pixels; above, at least ``large_min`` and
+        at most ``repeats``, stopping early only where every interval is already narrower than ``width``."""
+        from .models import megapixels
+
+        large = megapixels(scale) > megapixels("1333x800") + 1e-9
+        return cls(min(large_min, repeats) if large else repeats, repeats, width, budget_s if large else None)
+
+
+def repeats_sentence(info: Mapping | None) -> str:
+    """What a sweep traded, in words, from ``df.attrs["repeats"]`` (or ``Profiler.last_repeats``)."""
+    if not info:
+        return ""
+    n, lo, hi = info["n"], info["min"], info["max"]
+    if lo == hi:
+        return f"{n} interleaved repeats"
+    why = {"narrow": "stopped because every interval was already narrow",
+           "budget": "stopped at the sweep's time budget", "max": "the most it allows"}[info["stopped"]]
+    return f"{n} interleaved repeats (allowed {lo} to {hi}; {why})"
+
+
 Item = Union[Sample, Stream]
 #: one measurement: (label, the label's pipeline, its choices, the item, the repeat) -> rows
 Measure = Callable[[str, StagedPipeline, Choices, Item, int], list]
@@ -88,13 +157,15 @@ class Profiler:
     ``clock`` is injectable (tests check the stage accounting without wall time).
     """
 
-    def __init__(self, model, *, device: str = "auto", recorder: Recorder | None = None, repeats: int = 3,
+    def __init__(self, model, *, device: str = "auto", recorder: Recorder | None = None, repeats: int | Repeats = 3,
                  warmup: int = 1, threads: int | None = None, clock: Callable[[], float] = time.perf_counter,
                  consumer: bool = False, progress: bool = False) -> None:
         self.model = model
         self.device = resolve_device(device)
         self.recorder = recorder
-        self.repeats, self.warmup = int(repeats), int(warmup)
+        self.repeats = repeats if isinstance(repeats, Repeats) else Repeats(int(repeats))
+        self.warmup = int(warmup)
+        self.last_repeats: dict | None = None
         self.threads = threads
         self.clock = clock
         self.consumer = consumer
@@ -105,7 +176,10 @@ class Profiler:
 
     def sweep(self, variants: Mapping[str, Choices], items: Sequence[Item], measure: Measure,
               extra: Mapping | None = None, build: Callable[[Choices], StagedPipeline] | None = None) -> pd.DataFrame:
-        """Build each variant's pipeline, then ``warmup`` passes (dropped) and ``repeats`` passes, interleaved.
+        """Build each variant's pipeline, then ``warmup`` passes (dropped) and the measured passes, interleaved.
+
+        How many measured passes is the profiler's ``Repeats`` policy: an int is exactly that many; a policy may
+        stop between its ``min`` and ``max`` (its reason lands in ``df.attrs["repeats"]`` and ``last_repeats``).
 
         Each pass runs every variant once, in turn, on every item: on a shared or throttling machine, drift then
         lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair. A variant
@@ -124,25 +198,41 @@ class Profiler:
             except Exception as e:
                 pipes.pop(label, None)
                 out.append(self._error(label, choices, None, extra, e))
-        steps = [(rep, label) for rep in range(-self.warmup, self.repeats) for label in list(pipes)]
-        if self.progress:
-            from tqdm.auto import tqdm
-            steps = tqdm(steps, desc="runs")
-        for rep, label in steps:
-            if label not in pipes:
-                continue
-            item = None
-            try:
-                for item in items:
-                    rows = [dict(self.base_row(label, resolved[label], item, extra), repeat=rep, status="ok", **r)
-                            for r in measure(label, pipes[label], resolved[label], item, rep)]
-                    if rep >= 0:
-                        self._emit(rows)
-                        out += rows
-            except Exception as e:
-                del pipes[label]
-                out.append(self._error(label, variants[label], item, extra, e))
-        return pd.DataFrame(out)
+        policy = self.repeats
+        start, passes, reason = self.clock(), 0, "max"
+        for rep in range(-self.warmup, policy.max):
+            if rep >= 0 and passes > 0:
+                reason = policy.stop(passes, self.clock() - start, out)
+                if reason:
+                    break
+            if rep == 0:
+                start = self.clock()  # the budget counts measured passes; warm-up (compilation) is outside it
+            for label in self._progress(list(pipes), rep):
+                if label not in pipes:
+                    continue
+                item = None
+                try:
+                    for item in items:
+                        rows = [dict(self.base_row(label, resolved[label], item, extra), repeat=rep, status="ok", **r)
+                                for r in measure(label, pipes[label], resolved[label], item, rep)]
+                        if rep >= 0:
+                            self._emit(rows)
+                            out += rows
+                except Exception as e:
+                    del pipes[label]
+                    out.append(self._error(label, variants[label], item, extra, e))
+            passes += rep >= 0
+        df = pd.DataFrame(out)
+        df.attrs["repeats"] = {"n": passes, "min": policy.min, "max": policy.max, "stopped": reason or "max",
+                               "seconds": round(self.clock() - start, 3)}
+        self.last_repeats = df.attrs["repeats"]
+        return df
+
+    def _progress(self, labels: list[str], rep: int):
+        if not self.progress:
+            return labels
+        from tqdm.auto import tqdm
+        return tqdm(labels, desc=f"pass {rep}", leave=False)
 
     def run(self, variants: Mapping[str, Choices] | Iterable[Choices], samples: Sequence[Sample],
             extra: Mapping | None = None) -> pd.DataFrame:

@@ -233,3 +233,140 @@ def percent_table(stages: pd.DataFrame, flops: Mapping[str, float], peaks: Mappi
     return pd.DataFrame({f"{s} % of peak": [percent_of_peak(stages.loc[v, s], flops[s],
                                                             peak_for(peaks, precisions[v].split("-")[0]))
                                             for v in stages.index] for s in cols}, index=stages.index)
+
+
+# -- the memory roof: bytes a stage must move -------------------------------------------------------------------
+def _nbytes(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.numel() * x.element_size()
+    if hasattr(x, "nbytes") and not callable(x.nbytes):
+        return int(x.nbytes)  # numpy
+    if isinstance(x, (list, tuple)):
+        return sum(_nbytes(t) for t in x)
+    if isinstance(x, dict):
+        return sum(_nbytes(t) for t in x.values())
+    return 0
+
+
+class _Shapes:
+    """A stand-in for the pipeline's timer that only remembers which stages ran (for ``stage_bytes``)."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.ran.append(name)
+        yield
+
+
+@torch.no_grad()
+def stage_bytes(pipeline, image) -> dict[str, float]:
+    """The least bytes each stage must move for this model and input: every tensor it reads once and writes once.
+
+    ``load`` writes the decoded image; ``preprocess`` reads it and writes its output; ``data_preprocessor``
+    reads that and writes the model's input; ``backbone``, ``neck`` and ``rpn`` read their inputs and weights
+    and write their outputs; ``roi_bbox`` writes the RoI features (7x7 per proposal) and, when the maps are in a
+    reduced dtype or channels_last, reads and rewrites the FPN maps as fp32 NCHW (``Features.roi``); ``roi_mask``
+    writes its RoI features (14x14 per detection) and logits; ``mask_postprocess`` reads the logits and writes
+    the masks in the chosen form; each NMS reads its boxes and scores. A floor, not an estimate: real kernels
+    move more (im2col buffers, several passes per BatchNorm and activation in eager mode).
+    """
+    from .masks import postprocess
+
+    m = pipeline.model
+    img = pipeline.load(image)
+    hb = pipeline.preprocess(img)
+    inputs, samples = pipeline.to_device(hb)
+    metas = [s.metainfo for s in samples]
+    feats = pipeline.features(inputs)
+    weights = {name: sum(_nbytes(p) for p in mod.parameters())
+               for name, mod in ((S.BACKBONE, m.backbone), (S.NECK, getattr(m, "neck", None)), (S.RPN, m.rpn_head))
+               if mod is not None}
+    with pipeline.precision.autocast():
+        back = m.backbone(pipeline.precision.input(inputs, pipeline.choices.channels_last))
+        rpn_out = m.rpn_head(feats.maps)
+    out = {S.LOAD: _nbytes(img), S.PREPROCESS: _nbytes(img) + _nbytes(hb.data),
+           S.DATA_PREPROCESSOR: _nbytes(hb.data) + _nbytes(inputs),
+           S.BACKBONE: _nbytes(inputs) + _nbytes(back) + weights[S.BACKBONE],
+           S.RPN: _nbytes(feats.maps) + _nbytes(rpn_out) + weights[S.RPN]}
+    if m.with_neck:
+        out[S.NECK] = _nbytes(back) + _nbytes(feats.maps) + weights[S.NECK]
+    from .pipeline import NULL, probe
+
+    with probe(NULL) as counts:
+        proposals = pipeline.proposals(feats, metas)
+        results = pipeline.boxes(feats, metas, proposals)
+    box = 4 * 4 + 4 + 8  # a box, its score and its index/label, read once
+    out[S.RPN_NMS] = counts.get("rpn_nms_in", 0) * box
+    out[S.ROI_BBOX_NMS] = counts.get("bbox_nms_in", 0) * box
+    convert = _nbytes(feats.maps) + _nbytes(feats.roi) if feats.roi[0] is not feats.maps[0] else 0
+    n_rois = sum(len(p) for p in proposals)
+    channels = int(feats.maps[0].shape[1])
+    out[S.ROI_BBOX] = convert + n_rois * channels * 7 * 7 * 4
+    if pipeline.with_mask:
+        mi = pipeline.mask_logits(feats, results, metas[0])
+        out[S.ROI_MASK] = len(results) * channels * 14 * 14 * 4 + _nbytes(mi.logits)
+        _, masks = postprocess(pipeline.choices.masks, m.roi_head, mi.logits, mi.copy().results, mi.meta)
+        out[S.MASK_POSTPROCESS] = _nbytes(mi.logits) + masks.nbytes()
+    return {k: float(v) for k, v in out.items()}
+
+
+# -- bound (a): the best cost measured for a stage anywhere in the study ----------------------------------------
+#: What makes two rows the same work: the model, the input, the workload, the device.
+CASE_KEYS = ("config", "device", "input_size", "scale", "rpn_pre_nms", "dets_per_image")
+
+
+def best_measured(rows: pd.DataFrame, stages: Sequence[str] = S.STAGES) -> pd.DataFrame:
+    """Per case (``CASE_KEYS``) and stage: the lowest median ms per image any variant reached, which variant
+    and which chapter (``notebook``). ``rows``: profiler rows of any number of chapters and runs, e.g.
+    ``book.study_rows()``; only ``status == "ok"`` counts, medians are over repeats of one run and variant."""
+    ok = rows[(rows["status"] == "ok") & rows["stage"].isin(stages)]
+    keys = [k for k in CASE_KEYS if k in ok.columns]
+    who = ["run_id", "notebook", "variant"]
+    per = ok.groupby([*keys, *who, "stage", "repeat"], dropna=False)["ms"].sum()
+    n_img = ok.groupby([*keys, *who, "repeat"], dropna=False)["image"].nunique()
+    per = (per / n_img.reindex(per.index.droplevel("stage"))).groupby(level=[*keys, *who, "stage"], dropna=False).median()
+    per = per.rename("ms").reset_index()
+    best = per.loc[per.groupby([*keys, "stage"], dropna=False)["ms"].idxmin()]
+    return best.set_index([*keys, "stage"])[["ms", "variant", "notebook", "run_id"]]
+
+
+def best_for(best: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
+    """``best_measured``'s ms per stage for the case ``rows`` (profiler rows of one case) ran."""
+    ok = rows[rows["status"] == "ok"]
+    keys = [k for k in CASE_KEYS if k in best.index.names]
+    case = tuple(ok.iloc[0][k] for k in keys)
+    try:
+        sub = best.xs(case, level=keys, drop_level=True)
+    except KeyError:
+        return {}
+    return sub["ms"].astype(float).to_dict()
+
+
+def bounds_table(stock: Mapping[str, float], path: Mapping[str, float], best: Mapping[str, float],
+                 floors: Mapping[str, float]) -> pd.DataFrame:
+    """Per top-level stage (the keys of ``path`` in pipeline order): ``stock``'s ms, the path's, the best measured
+    anywhere (bound a, at most the path's own ms) and the roofline floor (bound b), and the floor over the path's
+    ms as ``% of roof``. A floor above the path's ms (``% of roof`` over 100) means the measured peak is below
+    what this stage's kernels reach: the roof is then no bound, and ``bound_speedups`` claims none there."""
+    rows = []
+    for st in [s for s in S.STAGES if s in path]:
+        p = float(path[st])
+        floor = float(floors.get(st, math.nan))
+        rows.append({"stage": st, "stock ms": float(stock.get(st, math.nan)), "path ms": p,
+                     "best measured ms": min(p, float(best.get(st, p))), "roofline floor ms": floor,
+                     "% of roof": floor / p * 100 if p > 0 else math.nan})
+    return pd.DataFrame(rows).set_index("stage")
+
+
+def bound_speedups(table: pd.DataFrame) -> dict[str, float]:
+    """From a ``bounds_table``: ``stock``'s summed stages over the path's (reached), over the best measured per stage
+    (bound a) and over the roofline floors (bound b; a stage without a floor, or with a floor above its own ms,
+    counts at the path's ms). Sums of stage medians, so the glue between stages counts on neither side."""
+    s = table.sum()
+    floors = table["roofline floor ms"].where(table["roofline floor ms"] <= table["path ms"], table["path ms"])
+    return {"reached": s["stock ms"] / s["path ms"], "best measured bound": s["stock ms"] / s["best measured ms"],
+            "roofline bound": s["stock ms"] / floors.sum()}
