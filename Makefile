@@ -15,7 +15,7 @@ CHAPTERS ?=
 RUN := $(PY) scripts/run_study.py
 
 # Set-up is keyed on the files that define it: a second run costs seconds.
-$(STAMP): requirements.txt pyproject.toml scripts/build_mmcv.sh scripts/setup.sh
+$(STAMP): requirements.txt pyproject.toml scripts/build_mmcv.sh scripts/setup.sh scripts/setup_mmdeploy.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 

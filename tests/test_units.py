@@ -164,3 +164,14 @@ def test_overlapped_loading_gives_the_serial_detections(small_pipe, images, work
     for i, (a, b) in enumerate(zip(serial, overlapped)):
         assert identical(a, b), f"image {i} differs"
     assert not identical(serial[0], serial[1])  # the inputs differ, so a mix-up would show
+
+
+def test_degenerate_boxes_match_themselves_only():
+    """A zero-area box (mmdeploy's graph keeps some) is IoU 1 with itself and 0 with any other box, never NaN."""
+    import torch
+
+    from mmdet_speedup.equivalence import box_iou
+
+    a = torch.tensor([[5.0, 5.0, 5.0, 9.0], [0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([[5.0, 5.0, 5.0, 9.0], [6.0, 6.0, 6.0, 6.0], [0.0, 0.0, 10.0, 10.0]])
+    assert box_iou(a, b).tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]

@@ -78,6 +78,22 @@ def weights_recipe() -> dict[str, Any]:
     return {"recipe": WEIGHTS_RECIPE, "conditioning": asdict(Conditioning())}
 
 
+#: Packages a run may use beside the stack (runtimes, the deployed peer); recorded when installed.
+OPTIONAL = ("onnx", "onnxruntime", "openvino", "mmdeploy", "nncf")
+
+
+def optional_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in OPTIONAL:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import cv2
     import mmcv
@@ -102,7 +118,7 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "versions": {
             "torch": torch.__version__, "torchvision": torchvision.__version__, "mmcv": mmcv.__version__,
             "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__,
-            "opencv": cv2.__version__,
+            "opencv": cv2.__version__, **optional_versions(),
         },
         "weights_recipe": weights_recipe(),
         "params": dict(params or {}),

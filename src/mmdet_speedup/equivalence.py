@@ -41,7 +41,10 @@ class Agreement:
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
     from torchvision.ops import box_iou as _iou
 
-    return _iou(a.float(), b.float())
+    iou = _iou(a.float(), b.float())
+    # zero-area boxes (a deployed graph may keep them) give 0/0: the same box is IoU 1, any other 0
+    same = (a.float()[:, None] == b.float()[None]).all(-1).to(iou.dtype)
+    return torch.where(torch.isnan(iou), same, iou)
 
 
 def match(ref: Detections, test: Detections, iou_thr: float = 0.5) -> list[tuple[int, int, float]]:
