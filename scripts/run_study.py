@@ -39,7 +39,7 @@ NOTEBOOKS = ROOT / "notebooks"
 #: version 2.0's 7 repeats (06's 1333x800 case took 766 s; its 3840x2304 sweep stops at its 900 s budget). A guide,
 #: not a limit.
 BUDGETS = {"01_preprocess": 90, "02_precision": 700, "03_masks": 150, "04_nms": 600, "05_loading": 450,
-           "06_ladder": 2400}
+           "06_ladder": 2400, "07_runtimes": 1200}
 CI_BUDGET = 180
 CEILING_FACTOR = float(os.environ.get("CEILING_FACTOR", 4))
 OUT = {"study": ROOT / "book" / "executed", "quick": ROOT / "_build" / "quick" / "book" / "executed",
@@ -90,6 +90,15 @@ def defaults(chapter: str) -> dict:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             out[node.targets[0].id] = ast.literal_eval(node.value)
     return out
+
+
+def book_order() -> list[str]:
+    """Every chapter (notebooks/0*.py) in the book's order (_toc.yml), so a later chapter can read an earlier one's
+    rows (the ladder's "best measured anywhere"); a chapter missing from the table of contents runs last."""
+    names = sorted(f.stem for f in NOTEBOOKS.glob("0*.py"))
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    listed = [Path(c["file"]).name for c in toc.get("chapters", []) if "file" in c]
+    return [n for n in listed if n in names] + [n for n in names if n not in listed]
 
 
 def _type_name(v) -> str:
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, help="one budget in seconds for every chapter (default: per chapter)")
     a = p.parse_args(argv)
 
-    chapters = a.chapters or sorted(f.stem for f in NOTEBOOKS.glob("0*.py"))
+    chapters = a.chapters or book_order()
     out_dir = (a.out or OUT[a.size]).resolve()
     if a.results:
         results = a.results.resolve()

@@ -20,9 +20,12 @@ def test_optimize_one_call_and_report(mask_rcnn, images):
     assert p.choices.precision == ("bf16" if cpu_has_bf16() else "fp32") and p.choices.masks == "raw"
     assert p.choices.channels_last is (p.choices.precision != "fp32") and p.choices.roi_align == "threaded"
     assert p.pipeline.model is not mask_rcnn and p.reference.model is mask_rcnn  # the stock model is not touched
+    assert p.choices.runtime == "auto"  # measured on the first image of each input shape
     dets = p.predict(images[:1])
     assert len(dets) == 1 and len(dets[0]) >= 50
-    rep = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="raw", device="cpu").equivalence_report(images[:1])
+    assert p.pipeline.last_runtime in p.pipeline.parts and len(p.pipeline.runtime_measurements) == 1
+    rep = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="raw", runtime="torch",
+                   device="cpu").equivalence_report(images[:1])
     r = rep.iloc[0]
     assert r["matched_ref"] == 1.0 and r["box_iou_min"] == 1.0 and r["mask_iou_min"] == 1.0
     assert r["feature_rel_err"] == 0.0 and r["mask_prob_diff_max"] == 0.0
@@ -105,6 +108,7 @@ def _cli(*args, timeout=600):
     (["mask-rcnn_r50_fpn_1x_coco", "--image", "/nonexistent.jpg"], "image not found"),
     (["retinanet_r50_fpn_1x_coco", "--scale", "320x224"], "two-stage"),
     (["mask-rcnn_r50_fpn_1x_coco", "--scale", "big"], "WxH"),
+    (["mask-rcnn_r50_fpn_1x_coco", "--runtime", "tensorrt"], "unknown runtime"),
 ])
 def test_cli_errors_are_one_line(args, message):
     r = _cli(*args)

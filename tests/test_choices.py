@@ -29,17 +29,19 @@ def test_auto_on_the_cpu_follows_the_matrix_engine(monkeypatch, bf16, expect):
     assert c.precision == expect and c.channels_last is (expect != "fp32")
     assert (c.masks, c.roi_align, c.fold_bn, c.compile) == ("raw", "threaded", False, False)
     assert c.preprocess == AUTO and "preprocess" in MEASURED  # measured at run time, not decided here
+    assert c.runtime == AUTO and "runtime" in MEASURED  # measured too (OpenVINO and ONNX Runtime are installed)
     assert c.resolved
 
 
 def test_auto_on_cuda_and_without_a_mask_head():
     c = Choices.auto().resolve(torch.device("cuda"), _Model(with_mask=False))
-    assert (c.precision, c.channels_last, c.roi_align, c.masks) == ("fp16", True, "mmcv", "full")
+    assert (c.precision, c.channels_last, c.roi_align, c.masks, c.runtime) == ("fp16", True, "mmcv", "full", "torch")
 
 
 def test_given_values_are_kept_and_checked_against_device_and_model():
     c = Choices.auto(precision="fp32", masks="box", channels_last=True).resolve("cpu", _Model())
     assert (c.precision, c.masks, c.channels_last) == ("fp32", "box", True)
+    assert c.runtime == "torch"  # channels_last is a torch lever: auto keeps torch
     assert STOCK.resolve("cpu", _Model()) == STOCK and not STOCK.changes_model()
     with pytest.raises(InputError, match="fp16 needs CUDA"):
         Choices(precision="fp16").resolve("cpu", _Model())
@@ -52,7 +54,7 @@ def test_given_values_are_kept_and_checked_against_device_and_model():
 @pytest.mark.parametrize("field, value, message", [
     ("precision", "fp8", "unknown precision"), ("masks", "rle", "unknown masks"),
     ("preprocess", "gpu", "unknown preprocess"), ("roi_align", "cuda", "unknown roi_align"),
-    ("channels_last", "yes", "channels_last must be True, False or 'auto'"),
+    ("channels_last", "yes", "channels_last must be True, False or 'auto'"), ("runtime", "tensorrt", "unknown runtime"),
 ])
 def test_each_value_is_checked_by_its_module(field, value, message):
     with pytest.raises(InputError, match=message):
@@ -61,8 +63,29 @@ def test_each_value_is_checked_by_its_module(field, value, message):
 
 def test_labels_name_what_runs():
     assert STOCK.label() == "stock/fp32/full"
-    assert Choices.auto().label() == "auto/auto/cl:auto/foldbn:auto/roi-auto/compiled:auto/auto"
+    assert Choices.auto().label() == "auto/auto/rt:auto/cl:auto/foldbn:auto/roi-auto/compiled:auto/auto"
+    assert Choices(precision="bf16", runtime="openvino").label() == "stock/bf16/ov/full"
+    assert Choices(runtime="onnxruntime").label() == "stock/fp32/ort/full"
     assert Choices(precision="bf16", channels_last=True, roi_align="threaded").label() == "stock/bf16/cl/roi-threaded/full"
+
+
+def test_runtime_resolves_with_the_torch_levers(monkeypatch):
+    import sys
+
+    c = Choices.auto(runtime="openvino", precision="fp32").resolve("cpu", _Model())
+    assert (c.runtime, c.channels_last, c.compile) == ("openvino", False, False) and c.changes_model()
+    assert Choices(runtime="torch").resolve("cpu", _Model()) == STOCK
+    with pytest.raises(InputError, match="channels_last is a torch lever"):
+        Choices(runtime="openvino", channels_last=True).resolve("cpu", _Model())
+    with pytest.raises(InputError, match="runtime 'onnxruntime' runs precision fp32"):
+        Choices(runtime="onnxruntime", precision="bf16").resolve("cpu", _Model())
+    with pytest.raises(InputError, match="CPU only"):
+        Choices(runtime="onnxruntime").resolve("cuda", _Model())
+    for name in ("openvino", "onnxruntime"):  # neither installed: nothing to measure, auto is torch
+        monkeypatch.setitem(sys.modules, name, None)
+    assert Choices.auto().resolve("cpu", _Model()).runtime == "torch"
+    with pytest.raises(InputError, match="pip install onnxruntime"):
+        Choices(runtime="onnxruntime").resolve("cpu", _Model())
 
 
 def test_preprocess_summary_medians_per_case_and_variant():

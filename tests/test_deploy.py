@@ -125,3 +125,84 @@ def test_dynamic_export_runs_any_shape(mask_rcnn, tmp_path):
         a = compare(ref, dets)
         assert a.matched_ref >= 0.9 and a.matched_test >= 0.9 and a.box_iou_mean >= 0.99, (name, a)
         assert np.isfinite(a.mask_iou_mean) and a.mask_iou_mean >= 0.9, (name, a)
+
+
+# -- throughput mode: OpenVINO's THROUGHPUT hint, several infer requests in flight ----------------------------
+
+
+def test_throughput_mode_refuses_onnxruntime_and_bad_hints(tmp_path):
+    with pytest.raises(InputError, match="unknown hint 'FAST'"):
+        DeployedModel(tmp_path / "m.onnx", runtime="openvino", hint="FAST")
+    with pytest.raises(InputError, match="ONNX Runtime has no throughput mode"):
+        DeployedModel(tmp_path / "m.onnx", runtime="onnxruntime", hint="THROUGHPUT")
+    with pytest.raises(InputError, match="ONNX Runtime has no throughput mode"):
+        DeployedModel(tmp_path / "m.onnx", runtime="onnxruntime", requests=2)
+    with pytest.raises(InputError, match="requests must be positive"):
+        DeployedModel(tmp_path / "m.onnx", runtime="openvino", hint="THROUGHPUT", requests=0)
+
+
+@pytest.fixture(scope="module")
+def static_onnx(mask_rcnn, image, tmp_path_factory):
+    """The conftest model exported static on the conftest image, once for the throughput tests."""
+    from mmdet_speedup.deploy import export_end2end
+
+    return export_end2end(mask_rcnn, image, tmp_path_factory.mktemp("deploy") / "end2end.onnx").path
+
+
+def _same_shape_images(image):
+    """Three different images of the conftest image's shape (a static graph takes one padded shape)."""
+    import cv2
+
+    from mmdet_speedup.pipeline import load_image
+
+    img = load_image(image)
+    other = cv2.resize(load_image(next(p for p in IMAGES if p != image)), img.shape[1::-1])
+    return [image, np.ascontiguousarray(img[:, ::-1]), other]
+
+
+@pytest.mark.slow
+@needs_runtimes
+@pytest.mark.parametrize("requests", [None, 3])
+def test_throughput_matches_latency_path(static_onnx, image, requests):
+    """THROUGHPUT-hint OpenVINO over an image list (repeated, so requests finish out of order): the detections
+    come back in input order and agree with the LATENCY path's, image by image."""
+    from mmdet_speedup import compare
+    from mmdet_speedup.deploy import throughput
+
+    images = _same_shape_images(image) * 2
+    latency = DeployedModel(static_onnx, runtime="openvino", precision="fp32", threads=2)
+    assert latency.hint == "LATENCY" and latency.requests == latency.optimal_requests >= 1
+    ref = [latency(im) for im in images[:3]] * 2
+
+    tp = DeployedModel(static_onnx, runtime="openvino", precision="fp32", threads=2, hint="THROUGHPUT",
+                       requests=requests)
+    assert tp.inference_precision == "f32" and tp.optimal_requests >= 1
+    assert tp.requests == (tp.optimal_requests if requests is None else requests)
+    out = throughput(tp, images, passes=1, warmup=False)
+    assert out["requests"] == tp.requests >= 1 and out["hint"] == "THROUGHPUT"
+    assert out["images"] == len(images) and out["images_per_s"] > 0
+    assert len(out["detections"]) == len(images)
+    for i, (r, d) in enumerate(zip(ref, out["detections"])):
+        a = compare(r, d)
+        assert len(r) > 0 and a.n_ref == a.n_test, (i, a)
+        assert a.matched_ref == a.matched_test == 1.0, (i, a)
+        assert a.box_iou_min >= 0.999 and a.score_diff_max < 1e-4 and a.mask_iou_min >= 0.99, (i, a)
+    # the three images differ, so order is checked: image 0's detections are not image 1's
+    assert compare(out["detections"][0], out["detections"][1]).matched_ref < 1.0
+
+    # the latency-hint model runs the same path (its optimal count of requests), and errors surface
+    assert throughput(latency, images[:1], warmup=False)["requests"] == latency.requests
+    other = next(p for p in IMAGES if p != image)
+    with pytest.raises(InputError, match="exported static for input"):
+        tp.run_many([image, other])
+    with pytest.raises(InputError, match="at least one image"):
+        throughput(tp, [])
+
+
+@pytest.mark.slow
+@needs_runtimes
+def test_throughput_refuses_onnxruntime(static_onnx):
+    from mmdet_speedup.deploy import throughput
+
+    with pytest.raises(InputError, match="need runtime='openvino'"):
+        throughput(DeployedModel(static_onnx, runtime="onnxruntime", threads=2), [np.zeros((8, 8, 3), np.uint8)])

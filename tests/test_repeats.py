@@ -76,3 +76,29 @@ def test_a_sweep_records_how_many_passes_and_why(mask_rcnn):
     assert prof.last_repeats == df.attrs["repeats"]
     assert repeats_sentence(df.attrs["repeats"]).startswith("2 interleaved repeats (allowed 2 to 6; stopped because")
     assert repeats_sentence({"n": 7, "min": 7, "max": 7, "stopped": "max"}) == "7 interleaved repeats"
+
+
+def test_a_built_variant_runs_in_the_same_interleaved_loop(mask_rcnn, image):
+    """A variant that is not the profiler's model under choices (a deployed graph) is measured beside the
+    pipelines; one that fails to build is an error row and the others go on."""
+    from mmdet_speedup import Choices
+    from mmdet_speedup.pipeline import StagedPipeline
+    from mmdet_speedup.profiler import Built, prepare_inputs
+
+    made = []
+
+    def make():
+        made.append(1)
+        return StagedPipeline(mask_rcnn, Choices(masks="raw"))
+
+    def broken():
+        raise RuntimeError("no such runtime here")
+
+    prof = Profiler(mask_rcnn, device="cpu", repeats=1, warmup=0)
+    df = prof.run({"stock": STOCK, "peer": Built(make, Choices(masks="raw")), "bad": Built(broken)},
+                  prepare_inputs([image], "320x192"))
+    ok = df[df["status"] == "ok"]
+    assert set(ok["variant"]) == {"stock", "peer"} and made == [1]
+    assert (ok.loc[ok["variant"] == "peer", "masks"] == "raw").all()
+    bad = df[df["variant"] == "bad"]
+    assert bad["status"].tolist() == ["error"] and "no such runtime here" in bad["message"].iat[0]

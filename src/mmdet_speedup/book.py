@@ -19,7 +19,7 @@ from .records import Recorder, append_rows
 STAGE_COLORS = {
     S.LOAD: "#8c8c8c", S.PREPROCESS: "#bdbdbd", S.DATA_PREPROCESSOR: "#d9d9d9", S.BACKBONE: "#1f77b4",
     S.NECK: "#6baed6", S.RPN: "#ff7f0e", S.ROI_BBOX: "#2ca02c", S.ROI_MASK: "#98df8a",
-    S.MASK_POSTPROCESS: "#d62728", S.CONSUMER_RLE: "#ff9896",
+    S.MASK_POSTPROCESS: "#d62728", S.CONSUMER_RLE: "#ff9896", S.GRAPH: "#9467bd",
 }
 
 

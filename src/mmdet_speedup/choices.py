@@ -3,7 +3,8 @@
 An optimization is a set of choices, never a fork of the pipeline. Every field accepts ``"auto"``:
 ``Choices.resolve(device, model)`` decides it from the device's capabilities and the model. A field listed in
 ``MEASURED`` is the exception: its "auto" is decided by measuring, at run time, by the field's own module
-(``preprocess="auto"`` times the candidates once per input shape), so ``resolve`` leaves it as it is.
+(``preprocess="auto"`` times the candidates once per input shape, ``runtime="auto"`` times backbone, neck and RPN
+convolutions in each available runtime once per input shape), so ``resolve`` leaves it as it is.
 Each value is validated by its own module.
 """
 from __future__ import annotations
@@ -13,21 +14,21 @@ from typing import Union
 
 import torch
 
-from . import masks, precision, preprocess, roi_align
+from . import masks, precision, preprocess, roi_align, runtimes
 from .checks import InputError
 
 AUTO = "auto"
 Flag = Union[bool, str]  # True, False or "auto"
 #: Fields whose "auto" the field's module resolves by measuring at run time (see the module docstring).
-MEASURED = ("preprocess",)
+MEASURED = ("preprocess", "runtime")
 #: Each string field's variants, from its own module.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "preprocess": preprocess.PREPROCESS_VARIANTS, "precision": precision.PRECISIONS,
-    "masks": masks.MASK_VARIANTS, "roi_align": roi_align.ROI_ALIGN_IMPLS,
+    "masks": masks.MASK_VARIANTS, "roi_align": roi_align.ROI_ALIGN_IMPLS, "runtime": runtimes.RUNTIMES,
 }
 FLAGS = ("channels_last", "fold_bn", "compile")
 _CHECKS = {"preprocess": preprocess.check, "precision": precision.check, "masks": masks.check,
-           "roi_align": roi_align.check}
+           "roi_align": roi_align.check, "runtime": runtimes.check}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Choices:
     masks: str = "full"
     roi_align: str = "mmcv"
     compile: Flag = False
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -64,7 +66,10 @@ class Choices:
         precision: fp16 on CUDA, bf16 on a CPU with bf16 matrix instructions (AMX or AVX-512 BF16), else fp32;
         channels_last: with reduced precision; fold_bn and compile: off (compile costs tens of seconds per input
         shape); masks: ``raw`` where the model has a mask head; roi_align: torchvision's kernel over threads on the
-        CPU, mmcv's on CUDA.
+        CPU, mmcv's on CUDA. runtime: "torch" where a torch-only lever is asked for (CUDA, fp16, the *-weights
+        precisions, channels_last or compile on) or only torch is installed, else left "auto" (measured, see
+        ``runtimes``); a non-torch runtime turns channels_last and compile off ("auto") or refuses them (given),
+        and is checked against the device, the precision and what is installed.
         """
         from .environment import cpu_has_bf16
 
@@ -75,8 +80,9 @@ class Choices:
         if c.precision == AUTO:
             c = c.replace(precision="fp16" if cuda else "bf16" if cpu_has_bf16() else "fp32")
         precision.check(c.precision, dev)
+        c = c._resolve_runtime(dev)
         if c.channels_last == AUTO:
-            c = c.replace(channels_last=c.precision != "fp32")
+            c = c.replace(channels_last=c.precision != "fp32" and c.runtime in (runtimes.TORCH, AUTO))
         c = c.replace(fold_bn=False if c.fold_bn == AUTO else c.fold_bn,
                       compile=False if c.compile == AUTO else c.compile)
         if c.masks == AUTO:
@@ -89,8 +95,28 @@ class Choices:
             c = c.replace(roi_align="mmcv" if cuda else "threaded")
         return c
 
+    def _resolve_runtime(self, dev: torch.device) -> "Choices":
+        c = self
+        torch_only = (dev.type != "cpu" or c.precision.startswith("fp16") or c.precision.endswith("-weights")
+                      or c.channels_last is True or c.compile is True)
+        if c.runtime == AUTO:
+            if torch_only or runtimes.candidates(dev, c.precision) == (runtimes.TORCH,):
+                c = c.replace(runtime=runtimes.TORCH)
+            return c
+        if c.runtime == runtimes.TORCH:
+            return c
+        runtimes.compatible(c.runtime, dev, c.precision)
+        for name in ("channels_last", "compile"):
+            if getattr(c, name) is True:
+                raise InputError(f"{name} is a torch lever: it does not apply with runtime={c.runtime!r} "
+                                 "(converted parts take fp32 NCHW inputs); turn it off or use runtime='torch'")
+        runtimes.load(c.runtime)  # installed, or an error naming the pip package
+        return c.replace(channels_last=False, compile=False)
+
     def label(self) -> str:
         parts = [self.preprocess, self.precision]
+        if self.runtime != runtimes.TORCH:
+            parts.append("rt:auto" if self.runtime == AUTO else runtimes.SHORT[self.runtime])
         flags = (("cl", self.channels_last), ("foldbn", self.fold_bn))
         parts += [name if on is True else f"{name}:auto" for name, on in flags if on]
         if self.roi_align != "mmcv":
@@ -103,7 +129,7 @@ class Choices:
     def changes_model(self) -> bool:
         """Whether the levers mutate the model (then the pipeline works on its own copy)."""
         return (self.precision != "fp32" or self.channels_last is not False or self.fold_bn is not False
-                or self.roi_align != "mmcv" or self.compile is not False)
+                or self.roi_align != "mmcv" or self.compile is not False or self.runtime != runtimes.TORCH)
 
     def replace(self, **kw) -> "Choices":
         return replace(self, **kw)

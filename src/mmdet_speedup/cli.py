@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args) -> list[str]:
     """Everything the user gave that can be checked before any work; returns the images."""
-    from . import precision
+    from . import precision, runtimes
     from .choices import AUTO
     from .models import load_config
     from .pipeline import load_image
@@ -114,6 +114,10 @@ def check(args) -> list[str]:
     for p in _list(args.precision):
         if p != AUTO:
             precision.check(p, dev)  # e.g. fp16 without CUDA, before any model is built
+    for r in _list(args.runtime):
+        if r not in (AUTO, runtimes.TORCH):
+            runtimes.compatible(r, dev)  # e.g. openvino on CUDA, or not installed, before any model is built
+            runtimes.load(r)
     if args.out and Path(args.out).is_dir():
         raise checks.InputError(f"--out {args.out} is a directory; give a CSV file path")
     images = args.image or [str(sample_image())]
@@ -131,9 +135,10 @@ def profile(args, state: dict) -> int:
     from .records import Recorder
 
     images = check(args)
-    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra, args.compile)
-               for pp, pr, m, ra in itertools.product(_list(args.preprocess), _list(args.precision), _list(args.masks),
-                                                      _list(args.roi_align))]
+    choices = [Choices(pp, pr, args.channels_last, args.fold_bn, m, ra, args.compile, rt)
+               for pp, pr, m, ra, rt in itertools.product(_list(args.preprocess), _list(args.precision),
+                                                          _list(args.masks), _list(args.roi_align),
+                                                          _list(args.runtime))]
     recorder = Recorder(args.out, notebook="cli", params=vars(args)) if args.out else None
     state["recorder"] = recorder
     frames = []

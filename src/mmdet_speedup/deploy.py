@@ -47,6 +47,12 @@ What it takes on this stack (torch 2.14.1, mmdet 3.3.0, mmcv 2.1.0, onnx 1.23.2;
 OpenVINO: mmdeploy's own OpenVINO backend needs the retired ``openvino-dev`` 2022.3 API; OpenVINO 2026 reads the
 same ONNX (``ov.Core().read_model``). Its CPU plugin runs bf16 by default on AVX512_BF16/AMX CPUs, so the
 precision hint is always set explicitly (``f32`` or ``bf16``).
+
+Throughput: ``DeployedModel(..., runtime="openvino", hint="THROUGHPUT")`` compiles with OpenVINO's
+``PERFORMANCE_HINT=THROUGHPUT`` (the plugin splits ``threads`` over several streams) and reads back
+``OPTIMAL_NUMBER_OF_INFER_REQUESTS``; :func:`throughput` then keeps that many infer requests in flight
+(``openvino.AsyncInferQueue``) over a list of images and reports images/s, for a user serving many images rather
+than one at a time. ONNX Runtime's CPU provider has no such mode (one session, one run at a time).
 """
 from __future__ import annotations
 
@@ -56,6 +62,8 @@ import functools
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -73,10 +81,11 @@ from .masks import FullMasks
 from .pipeline import Detections, ImageLike, load_image
 from .timing import NullTimer
 
-#: The ONNX graph's run, timed by ``DeployedModel`` between ``data_preprocessor`` and ``mask_postprocess``.
-GRAPH = "graph"
+GRAPH = S.GRAPH  # the ONNX graph's run, timed between ``data_preprocessor`` and ``mask_postprocess``
 RUNTIMES = ("onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
+#: OpenVINO's ``PERFORMANCE_HINT``: one request as fast as possible, or as many images per second as possible.
+HINTS = ("LATENCY", "THROUGHPUT")
 MMDEPLOY_VERSION = "1.3.1"
 
 _ONNX_CONFIG = dict(type="onnx", export_params=True, keep_initializers_as_inputs=False, opset_version=11,
@@ -270,13 +279,23 @@ class DeployedModel:
     ``mask_postprocess`` (drop empty rows, rescale boxes, paste masks) in ``timer``'s stages. ``load_seconds``:
     reading and compiling the graph; ``inference_precision``: what the runtime reports it runs (OpenVINO's
     ``INFERENCE_PRECISION_HINT`` read back from the compiled model).
+
+    ``hint`` (OpenVINO only for ``"THROUGHPUT"``): the ``PERFORMANCE_HINT`` it is compiled with. ``requests``: how
+    many infer requests :func:`throughput` keeps in flight; by default OpenVINO's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``
+    for the hint (given with ``THROUGHPUT``, it is also passed as ``PERFORMANCE_HINT_NUM_REQUESTS``, so the plugin
+    makes no more streams than that). ``optimal_requests``: what OpenVINO reports (1 for ONNX Runtime).
     """
 
     def __init__(self, onnx_path: str | os.PathLike, runtime: str = "onnxruntime", precision: str = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, *, hint: str = "LATENCY", requests: int | None = None) -> None:
         self.runtime = choice(runtime, RUNTIMES, "runtime")
         self.precision = choice(precision, PRECISIONS, "precision")
+        self.hint = choice(hint, HINTS, "hint")
         self.threads = count(torch.get_num_threads() if threads is None else threads, "threads")
+        if self.runtime == "onnxruntime" and (self.hint != "LATENCY" or requests is not None):
+            raise InputError("ONNX Runtime has no throughput mode (one session runs one request at a time); use "
+                             "runtime='openvino' for hint='THROUGHPUT' or several requests")
+        self._requests = None if requests is None else count(requests, "requests")
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise InputError(f"ONNX file not found: {self.path}")
@@ -299,7 +318,8 @@ class DeployedModel:
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:
-        return f"DeployedModel({self.path.name}, {self.runtime}, {self.precision}, threads={self.threads})"
+        hint = "" if self.hint == "LATENCY" else f", hint={self.hint}, requests={self.requests}"
+        return f"DeployedModel({self.path.name}, {self.runtime}, {self.precision}, threads={self.threads}{hint})"
 
     def _onnxruntime(self):
         import onnxruntime as ort
@@ -313,6 +333,8 @@ class DeployedModel:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         self.inference_precision = "f32"
+        self.optimal_requests = self.requests = 1
+        self._compiled = None
         names = [o.name for o in sess.get_outputs()]
         return lambda x: dict(zip(names, sess.run(names, {"input": x})))
 
@@ -322,13 +344,19 @@ class DeployedModel:
         core = ov.Core()
         if self.precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise InputError("this CPU has no bf16 support in OpenVINO (no AVX512_BF16 or AMX); use fp32")
-        compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": "f32" if self.precision == "fp32" else "bf16",
-            "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+        config = {"INFERENCE_PRECISION_HINT": "f32" if self.precision == "fp32" else "bf16",
+                  "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": self.hint}
+        if self.hint == "THROUGHPUT" and self._requests is not None:
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = self._requests
+        compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
         used = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin runs (it may ignore the hint)
         self.inference_precision = getattr(used, "to_string", lambda: str(used))()
+        self.optimal_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = self.optimal_requests if self._requests is None else self._requests
+        self._compiled = compiled
         request = compiled.create_infer_request()
         outputs = [(o.get_any_name(), o) for o in compiled.outputs]
+        self._outputs = outputs
 
         def run(x):
             res = request.infer({"input": x})
@@ -337,6 +365,15 @@ class DeployedModel:
 
     @torch.no_grad()
     def __call__(self, image: ImageLike, timer=None) -> Detections:
+        timer = timer or NullTimer()
+        x, meta = self._prepare(image, timer)
+        with timer.stage(GRAPH):
+            res = self._run(x)
+        return self._postprocess(res, meta, timer)
+
+    @torch.no_grad()
+    def _prepare(self, image: ImageLike, timer=None) -> tuple[np.ndarray, dict]:
+        """Load, test pipeline and data preprocessor: the graph's input and the image's meta."""
         timer = timer or NullTimer()
         with timer.stage(S.LOAD):
             img = load_image(image)
@@ -349,8 +386,12 @@ class DeployedModel:
         if not self.meta["dynamic"] and list(x.shape) != self.meta["input_shape"]:
             raise InputError(f"{self.path.name} was exported static for input {self.meta['input_shape']}; this "
                              f"image gives {list(x.shape)}: export with instance-seg_onnxruntime_dynamic")
-        with timer.stage(GRAPH):
-            res = self._run(x)
+        return x, meta
+
+    @torch.no_grad()
+    def _postprocess(self, res: dict, meta: dict, timer=None) -> Detections:
+        """Drop the zero-score rows, rescale the boxes to the original image, paste the masks."""
+        timer = timer or NullTimer()
         with timer.stage(S.MASK_POSTPROCESS):
             dets = torch.from_numpy(np.ascontiguousarray(res["dets"][0]))
             labels = torch.from_numpy(np.ascontiguousarray(res["labels"][0])).long()
@@ -364,3 +405,92 @@ class DeployedModel:
                 probs = torch.from_numpy(np.ascontiguousarray(res["masks"][0]))[keep]
                 masks = FullMasks(paste_masks(bboxes, probs, w, h) >= 0.5)
         return Detections(bboxes, dets[:, 4].clone(), labels, masks, (h, w), {"dets_out": int(len(labels))})
+
+    def run_many(self, images: list[ImageLike]) -> list[Detections]:
+        """``images``' detections, in input order, with ``self.requests`` OpenVINO infer requests in flight.
+
+        The calling thread loads and pre-processes each image and hands it to an ``openvino.AsyncInferQueue``
+        (``start_async`` waits while every request is busy, so pre-processing the next image overlaps the
+        inference of the ones in flight); each request's callback copies its outputs and hands them to one
+        post-processing thread. Results go back by index, so the order is the input's whatever order the
+        requests finish in. The first error (pre-, post-processing or inference) is raised here, after the
+        requests in flight have finished.
+        """
+        if self._compiled is None:
+            raise InputError("run_many/throughput need runtime='openvino' (ONNX Runtime has no asynchronous "
+                             "infer-request queue); time ONNX Runtime one image at a time")
+        import openvino as ov
+
+        images = list(images)
+        results: list = [None] * len(images)
+        errors: list[BaseException] = []
+        done: queue.SimpleQueue = queue.SimpleQueue()  # (index, outputs, meta); None ends the post thread
+
+        def post() -> None:
+            while (item := done.get()) is not None:
+                i, res, meta = item
+                if errors:
+                    continue  # drain without work once something failed
+                try:
+                    results[i] = self._postprocess(res, meta)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                    errors.append(e)
+
+        def finished(request, userdata) -> None:  # in an OpenVINO thread: copy out, nothing heavy
+            i, meta = userdata
+            try:  # the request's output memory is reused by its next start_async: copy it now
+                done.put((i, {name: np.array(request.get_tensor(port).data) for name, port in self._outputs},
+                          meta))
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        jobs = ov.AsyncInferQueue(self._compiled, self.requests)
+        jobs.set_callback(finished)
+        worker = threading.Thread(target=post, name="deploy-post", daemon=True)
+        worker.start()
+        try:
+            for i, image in enumerate(images):
+                if errors:
+                    break
+                x, meta = self._prepare(image)
+                jobs.start_async({"input": x}, userdata=(i, meta))
+        finally:
+            jobs.wait_all()  # an inference error surfaces here
+            done.put(None)
+            worker.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def throughput(deployed: DeployedModel, images: list[ImageLike], passes: int = 1, *, warmup: bool = True) -> dict:
+    """Images per second of ``deployed.run_many`` over ``images``, ``passes`` times (after one untimed pass).
+
+    End to end, as a server sees it: loading, host pre-processing, the graph on ``deployed.requests`` infer
+    requests in flight, mask pasting. For OpenVINO only (compile with ``hint="THROUGHPUT"`` for the throughput
+    row; with ``"LATENCY"`` OpenVINO's optimal count is one request, the serial baseline on the same runtime).
+    Returns ``images_per_s``, ``seconds`` (the timed passes), ``images`` (per pass), ``passes``, ``requests``
+    (in flight), ``optimal_requests`` (OpenVINO's ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``), ``hint``, ``threads``,
+    ``precision`` and ``detections`` (the last pass's, in input order: check them against ``deployed(image)``).
+    """
+    from .loader import throughput as images_per_s
+
+    images = list(images)
+    if not images:
+        raise InputError("throughput needs at least one image")
+    passes = count(passes, "passes")
+    if warmup:
+        deployed.run_many(images)  # every request's first inference, and the host's first allocations
+    dets: list[Detections] = []
+
+    def timed() -> list[Detections]:
+        nonlocal dets
+        for _ in range(passes):
+            dets = deployed.run_many(images)
+        return dets
+
+    n = len(images) * passes
+    rate = images_per_s(timed, n, torch.device("cpu"))
+    return dict(images_per_s=rate, seconds=n / rate, images=len(images), passes=passes, requests=deployed.requests,
+                optimal_requests=deployed.optimal_requests, hint=deployed.hint, threads=deployed.threads,
+                precision=deployed.precision, detections=dets)

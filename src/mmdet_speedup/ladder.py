@@ -210,7 +210,7 @@ class Ladder:
     def tables(self, rows: pd.DataFrame, agreement: pd.DataFrame | None,
                cases: Sequence[str]) -> dict[str, pd.DataFrame]:
         """``case_table`` per case, in the ladder's row order."""
-        return {case: case_table(rows[rows["case"] == case], _of_case(agreement, case), self.rows) for case in cases}
+        return case_tables(rows, agreement, cases, self.rows)
 
     def per_case(self, rows: pd.DataFrame, cases: Sequence[str],
                  summary: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
@@ -265,6 +265,12 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
     t["results"] = preservation_column(t).where(t["matched_ref"].notna(), "")
     return t
+
+
+def case_tables(rows: pd.DataFrame, agreement: pd.DataFrame | None, cases: Sequence[str],
+                order: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """``case_table`` per case (a ``case`` column in both), rows in ``order``."""
+    return {case: case_table(rows[rows["case"] == case], _of_case(agreement, case), order) for case in cases}
 
 
 def total_spread(rows: pd.DataFrame) -> pd.DataFrame:

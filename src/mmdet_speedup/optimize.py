@@ -82,11 +82,12 @@ class Predictor:
 
 def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks: str = "auto",
              channels_last: bool | str = "auto", fold_bn: bool | str = "auto", roi_align: str = "auto",
-             compile: bool | str = "auto", device: str = "auto") -> Predictor:
+             compile: bool | str = "auto", runtime: str = "auto", device: str = "auto") -> Predictor:
     """Bind the optimizations to a stock mmdet 3.x two-stage detector in one call.
 
-    Every choice defaults to "auto", decided by ``Choices.resolve`` for the device and model (see there). The
-    stock model is left untouched.
+    Every choice defaults to "auto", decided by ``Choices.resolve`` for the device and model (see there);
+    ``preprocess`` and ``runtime`` ("torch", "openvino" or "onnxruntime" for backbone, neck and RPN head) are
+    measured on the first image of each input shape. The stock model is left untouched.
     """
-    choices = Choices(preprocess, precision, channels_last, fold_bn, masks, roi_align, compile)
+    choices = Choices(preprocess, precision, channels_last, fold_bn, masks, roi_align, compile, runtime)
     return Predictor(model, choices, device)

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import runtimes
 from . import stages as S
 from .cascade import final, is_cascade, merged_mask_probs, run_bbox_stages
 from .checks import InputError
-from .choices import STOCK, Choices
+from .choices import AUTO, STOCK, Choices
 from .compile import compile_features
 from .masks import FullMasks, postprocess
 from .models import check_two_stage, clone
@@ -141,6 +142,8 @@ class Features:
 
     maps: tuple[Tensor, ...]
     _roi: tuple[Tensor, ...] | None = None
+    #: the runtime that computed the maps (the RPN head's convolutions run in the same one)
+    runtime: str = runtimes.TORCH
 
     @property
     def roi(self) -> tuple[Tensor, ...]:
@@ -168,7 +171,12 @@ class StagedPipeline:
     Each stage range is a public method that times itself (``load``, ``preprocess``, ``to_device``, ``features``,
     ``proposals``, ``boxes``, ``mask_logits``, ``postprocess_masks``); ``__call__`` is their composition. Choices
     are resolved for the device and model (``Choices.resolve``); choices that change the model (precision,
-    channels_last, BatchNorm folding, RoIAlign, compile) work on the pipeline's own copy of it.
+    channels_last, BatchNorm folding, RoIAlign, compile, runtime) work on the pipeline's own copy of it.
+
+    A non-torch ``runtime`` replaces backbone, neck and RPN head of that copy with ``runtimes.RuntimeModule``s
+    (converted on the first call per input shape, inside their own stage ranges); ``runtime="auto"`` keeps the
+    torch modules and one set of runtime modules per candidate, and measures them on the first input of each
+    shape (``runtimes.pick``, outside the stage ranges) before ``backbone``.
     """
 
     def __init__(self, model, choices: Choices = STOCK, device: str | torch.device = "auto") -> None:
@@ -182,12 +190,66 @@ class StagedPipeline:
         swap_roi_align(self.model.roi_head, c.roi_align)
         if c.compile:
             compile_features(self.model, self.device)
+        self.parts = self._runtime_parts(c.runtime)
+        #: the runtime that computed the last features (``auto``: what was measured fastest for that shape)
+        self.last_runtime: str | None = None
+        #: ``auto``'s measurements: per input shape, the medians (seconds) and the winner
+        self.runtime_measurements: dict[tuple, dict] = {}
+        self._parts_hash: str | None = None
         self.pre = make_preprocessor(c.preprocess, self.model, self.device)
         self.with_mask = bool(getattr(self.model.roi_head, "with_mask", False))
         self.cascade = is_cascade(self.model.roi_head)
 
     def __repr__(self) -> str:
         return f"StagedPipeline({self.choices.label()}, device={self.device})"
+
+    # -- runtimes ---------------------------------------------------------------------------------------------
+    def _runtime_parts(self, runtime: str) -> dict[str, dict[str, Any]]:
+        """Per runtime, the modules that run backbone, neck and RPN head (the model's own for torch)."""
+        m = self.model
+        own = {"backbone": m.backbone, "neck": m.neck if m.with_neck else None, "rpn_head": m.rpn_head}
+        names = runtimes.candidates(self.device, self.choices.precision) if runtime == AUTO else (runtime,)
+        parts = {r: {k: runtimes.wrap(v, r, self.choices.precision, k) for k, v in own.items()} for r in names}
+        if runtime not in (runtimes.TORCH, AUTO):  # the model copy itself runs the runtime's parts
+            for k, v in parts[runtime].items():
+                if v is not None:
+                    setattr(m, k, v)
+        return parts
+
+    def modules_for(self, runtime: str) -> dict[str, Any]:
+        """Backbone, neck (None without one) and RPN head for ``runtime``: torch's are the model's own (with a
+        non-torch runtime chosen, the model holds that runtime's modules)."""
+        if runtime == runtimes.TORCH:
+            m = self.model
+            return {"backbone": m.backbone, "neck": m.neck if m.with_neck else None, "rpn_head": m.rpn_head}
+        return self.parts[runtime]
+
+    def runtime_for(self, inputs: Tensor) -> str:
+        """The runtime for these inputs: the chosen one, or ``auto``'s pick for their shape (measured once)."""
+        if len(self.parts) == 1:
+            return next(iter(self.parts))
+        if self._parts_hash is None:
+            self._parts_hash = runtimes.weights_hash_of(self.modules_for(runtimes.TORCH))
+        key = (self._parts_hash, self.choices.precision, self.choices.channels_last,
+               str(self.device), torch.get_num_threads(), tuple(inputs.shape), tuple(self.parts))
+        runs = {r: (lambda r=r: self._conv_forward(r, inputs)) for r in self.parts}
+        winner, medians = runtimes.pick(key, runs)
+        self.runtime_measurements[tuple(inputs.shape)] = {"chosen": winner, **medians}
+        return winner
+
+    def _conv_forward(self, runtime: str, inputs: Tensor):
+        """Backbone, neck and RPN head convolutions in ``runtime``, untimed (``auto``'s measurement)."""
+        p, prec = self.modules_for(runtime), self.precision
+        with prec.autocast():
+            x = p["backbone"](prec.input(inputs, self.choices.channels_last))
+            if p["neck"] is not None:
+                x = p["neck"](x)
+            return p["rpn_head"](tuple(x))
+
+    def conversion_costs(self) -> list[dict]:
+        """Every conversion to a non-torch runtime this pipeline's parts made (first-call cost: export and
+        compile seconds, RSS growth), in order; empty for torch."""
+        return runtimes.conversions([m for parts in self.parts.values() for m in parts.values()])
 
     @torch.no_grad()
     def __call__(self, image: ImageLike, timer=None) -> Detections:
@@ -214,21 +276,24 @@ class StagedPipeline:
 
     @torch.no_grad()
     def features(self, inputs: Tensor, timer=NULL) -> Features:
-        m, prec = self.model, self.precision
+        prec = self.precision
+        runtime = self.runtime_for(inputs)
+        p = self.modules_for(runtime)
+        self.last_runtime = runtime
         with prec.autocast():
             with timer.stage(S.BACKBONE):  # the input's layout/dtype cast is the backbone's to pay
-                x = m.backbone(prec.input(inputs, self.choices.channels_last))
-            if m.with_neck:
+                x = p["backbone"](prec.input(inputs, self.choices.channels_last))
+            if p["neck"] is not None:
                 with timer.stage(S.NECK):
-                    x = m.neck(x)
-        return Features(tuple(x))
+                    x = p["neck"](x)
+        return Features(tuple(x), runtime=runtime)
 
     @torch.no_grad()
     def proposals(self, feats: Features, metas: list[dict], timer=NULL) -> list:
         rpn = self.model.rpn_head
         with timer.stage(S.RPN):
             with self.precision.autocast():
-                outs = rpn(feats.maps)
+                outs = self.modules_for(feats.runtime)["rpn_head"](feats.maps)
             return rpn.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
 
     @torch.no_grad()

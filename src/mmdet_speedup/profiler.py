@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import cv2
 import pandas as pd
@@ -145,6 +145,20 @@ def repeats_sentence(info: Mapping | None) -> str:
     return f"{n} interleaved repeats (allowed {lo} to {hi}; {why})"
 
 
+@dataclass(frozen=True)
+class Built:
+    """A sweep variant that is not the profiler's model under some choices, e.g. a deployed whole-model graph:
+    ``make()`` returns what runs (called as ``run(image, timer) -> Detections`` by ``Profiler.run``), and
+    ``choices`` is what its rows record (precision, masks ...)."""
+
+    make: Callable[[], Any]
+    choices: Choices = STOCK
+
+
+def _choices(v: "Choices | Built") -> Choices:
+    return v.choices if isinstance(v, Built) else v
+
+
 Item = Union[Sample, Stream]
 #: one measurement: (label, the label's pipeline, its choices, the item, the repeat) -> rows
 Measure = Callable[[str, StagedPipeline, Choices, Item, int], list]
@@ -166,6 +180,7 @@ class Profiler:
         self.repeats = repeats if isinstance(repeats, Repeats) else Repeats(int(repeats))
         self.warmup = int(warmup)
         self.last_repeats: dict | None = None
+        self.built: dict[str, Any] = {}
         self.threads = threads
         self.clock = clock
         self.consumer = consumer
@@ -174,12 +189,15 @@ class Profiler:
     def pipeline(self, choices: Choices) -> StagedPipeline:
         return StagedPipeline(self.model, choices, self.device)
 
-    def sweep(self, variants: Mapping[str, Choices], items: Sequence[Item], measure: Measure,
+    def sweep(self, variants: Mapping[str, Choices | Built], items: Sequence[Item], measure: Measure,
               extra: Mapping | None = None, build: Callable[[Choices], StagedPipeline] | None = None) -> pd.DataFrame:
         """Build each variant's pipeline, then ``warmup`` passes (dropped) and the measured passes, interleaved.
 
         How many measured passes is the profiler's ``Repeats`` policy: an int is exactly that many; a policy may
         stop between its ``min`` and ``max`` (its reason lands in ``df.attrs["repeats"]`` and ``last_repeats``).
+
+        A variant is choices for a ``StagedPipeline`` on the profiler's model (made by ``build``), or a ``Built``:
+        something else that runs the same items (a deployed whole-model graph), measured in the same loop.
 
         Each pass runs every variant once, in turn, on every item: on a shared or throttling machine, drift then
         lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair. A variant
@@ -191,13 +209,15 @@ class Profiler:
         out: list[dict] = []
         pipes: dict[str, StagedPipeline] = {}
         resolved: dict[str, Choices] = {}  # what each row records: the variant's choices, as run
-        for label, choices in variants.items():
+        for label, v in variants.items():
             try:
-                pipes[label] = build(choices)
-                resolved[label] = choices.resolve(self.device, self.model)
+                if isinstance(v, Built):
+                    pipes[label], resolved[label] = v.make(), v.choices
+                else:
+                    pipes[label], resolved[label] = build(v), v.resolve(self.device, self.model)
             except Exception as e:
                 pipes.pop(label, None)
-                out.append(self._error(label, choices, None, extra, e))
+                out.append(self._error(label, _choices(v), None, extra, e))
         policy = self.repeats
         start, passes, reason = self.clock(), 0, "max"
         for rep in range(-self.warmup, policy.max):
@@ -220,12 +240,13 @@ class Profiler:
                             out += rows
                 except Exception as e:
                     del pipes[label]
-                    out.append(self._error(label, variants[label], item, extra, e))
+                    out.append(self._error(label, _choices(variants[label]), item, extra, e))
             passes += rep >= 0
         df = pd.DataFrame(out)
         df.attrs["repeats"] = {"n": passes, "min": policy.min, "max": policy.max, "stopped": reason or "max",
                                "seconds": round(self.clock() - start, 3)}
         self.last_repeats = df.attrs["repeats"]
+        self.built = pipes  # what ran, by label (e.g. to read a runtime's conversion costs)
         return df
 
     def _progress(self, labels: list[str], rep: int):
@@ -234,7 +255,7 @@ class Profiler:
         from tqdm.auto import tqdm
         return tqdm(labels, desc=f"pass {rep}", leave=False)
 
-    def run(self, variants: Mapping[str, Choices] | Iterable[Choices], samples: Sequence[Sample],
+    def run(self, variants: Mapping[str, Choices | Built] | Iterable[Choices], samples: Sequence[Sample],
             extra: Mapping | None = None) -> pd.DataFrame:
         """The whole pipeline, per stage, for every variant on every sample."""
         if not isinstance(variants, Mapping):
@@ -314,6 +335,7 @@ class Profiler:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
                 "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
                 "fold_bn": choices.fold_bn, "roi_align": choices.roi_align, "compile": choices.compile,
+                "runtime": getattr(choices, "runtime", "torch"),
                 "device": str(self.device), "dtype": _dtype_name(choices) if choices.precision != "auto" else "",
                 "threads": torch.get_num_threads(), "input_size": fmt_size(item.size) if item else "",
                 "image": item.name if item else "", **(extra or {})}

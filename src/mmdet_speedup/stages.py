@@ -15,6 +15,8 @@ RPN_NMS = "rpn.nms"
 ROI_BBOX_NMS = "roi_bbox.nms"
 # A consumer stage outside the model: RLE-encoding every instance (so `raw` masks cannot hide cost).
 CONSUMER_RLE = "consumer.rle"
+# A deployed whole-model graph (mmdeploy's export in ONNX Runtime or OpenVINO): backbone to mask logits in one run.
+GRAPH = "graph"
 
 #: Top-level stages in pipeline order; they add up to (roughly) `total`.
 STAGES: tuple[str, ...] = (
@@ -32,7 +34,9 @@ def cascade_stage(parent: str, index: int) -> str:
 #: Recorded inside a parent stage; never added into the sum.
 NESTED: dict[str, str] = {RPN_NMS: RPN, ROI_BBOX_NMS: ROI_BBOX,
                           **{cascade_stage(p, i): p for p in (ROI_BBOX, ROI_MASK) for i in range(CASCADE_DEPTH)}}
-ALL: tuple[str, ...] = STAGES + (TOTAL,) + tuple(NESTED) + (CONSUMER_RLE,)
+ALL: tuple[str, ...] = STAGES + (TOTAL,) + tuple(NESTED) + (CONSUMER_RLE, GRAPH)
+#: What a chart of staged and deployed rows side by side shows, in order: ``graph`` stands where the model's stages do.
+WITH_GRAPH: tuple[str, ...] = STAGES[:3] + (GRAPH,) + STAGES[3:]
 
 
 def parent(stage: str) -> str:

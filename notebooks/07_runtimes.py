@@ -1,0 +1,116 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Runtimes: what a CPU user would pick instead
+#
+# Someone deploying Mask R-CNN on a CPU will ask: should I just export the model to ONNX Runtime or OpenVINO?
+# This chapter answers with one interleaved sweep per case, every row on the same model, weights, image and
+# workload, against `stock` (mmdet as shipped) and held to the `stock (A/A)` noise floor. Two kinds of rows:
+#
+# | rows | what runs |
+# |---|---|
+# | `stock`, `stock (A/A)` | mmdet 3.3 in eager PyTorch, fp32 |
+# | `torch auto (eager)`, `torch auto (compiled)` | the library's own levers (`Choices.auto`): bf16 autocast where the CPU has bf16 instructions, channels_last, raw masks, threaded RoIAlign; then TorchInductor for backbone and neck |
+# | `ov fp32`, `ov bf16`, `ort fp32` | the staged pipeline with backbone, neck and RPN head converted to OpenVINO or ONNX Runtime (`Choices(runtime=...)`); NMS, box decoding, RoI heads and masks stay as in `stock` |
+# | `ov auto (...)`, `ort auto (...)` | the same runtimes with the library's other levers on top |
+# | `mmdeploy → ...` | the whole model as a user deploys it: mmdeploy 1.3.1's end-to-end export, run in ONNX Runtime or OpenVINO, with mmdeploy's own pre-processing and full-image mask paste (stage `graph` is everything from backbone to mask logits) |
+#
+# OpenVINO's CPU plugin runs bf16 by default on a CPU with AVX-512 BF16 or AMX, so the fp32 rows set
+# `INFERENCE_PRECISION_HINT=f32` explicitly. What each row costs before its first image (export, compile) is
+# measured separately: a user pays it once per model and input shape.
+
+# %% tags=["parameters"]
+device = "auto"
+config = "mask-rcnn_r50_fpn_1x_coco"
+checkpoint = None
+cases = ["480x320>480x320"]
+dets = 50
+rpn_proposals = 300
+n_images = 1
+repeats = 3
+sweep_budget_s = None
+warmup = 1
+threads = 2
+
+# %%
+# %matplotlib inline
+import mmdet_speedup as ms
+from mmdet_speedup import book, ladder, peers, stages as S, stats
+
+ch = book.Chapter("07_runtimes", globals())
+bf16 = ms.environment.cpu_has_bf16()  # bf16 rows only where the CPU has the instructions
+STAGED = peers.staged_rows(ch.device, bf16)
+
+# %% tags=["nbval-ignore-output"]
+done = {case: peers.run_case(ch, case, STAGED, bf16) for case in cases}
+
+# %% [markdown]
+# ## Side by side
+# Median ms per image per stage, the speed-up against `stock` with its 95% interval over `n` repeats (bootstrap,
+# paired by repeat) and verdict held to the A/A floor, and agreement with `stock` on the same image: detections
+# matched both ways, box and mask IoU, and what that makes the row under the study's rule (exact, preserves
+# results, changes results). Random weights: agreement, not mAP.
+
+# %% tags=["nbval-ignore-output"]
+rows, eq = ch.rows(), ch.rows("07_runtimes_equivalence")
+order = [*STAGED, *[v for v in dict.fromkeys(rows["variant"]) if v.startswith(peers.DEPLOYED_PREFIX)]]
+tables = ladder.case_tables(rows, eq, cases, order)
+for case, t in tables.items():
+    print(f"case {case}: {done[case]['traded']}")
+    book.show_table(t[[c for c in (*S.WITH_GRAPH, S.TOTAL) if c in t] + ["speed-up", "lo", "hi", "n", "results"]], 2)
+    book.show_table(t[["verdict", "matched_ref", "box_iou_mean", "mask_iou_mean"]].join(done[case]["first_call"]), 2)
+
+# %%
+_ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case], peers.BASE, aa=peers.AA))
+                         for case, t in tables.items()}, peers.AA, S.WITH_GRAPH, "against stock")
+
+# %% [markdown]
+# ## The library against the deployed model
+# Per precision, the fastest staged row against the fastest deployed row at the same precision (above 1: the
+# staged pipeline with the study's levers is faster than exporting the whole model).
+
+# %% tags=["nbval-ignore-output"]
+versus = {case: peers.versus_deployed(rows[rows["case"] == case]) for case in cases}
+for case, v in versus.items():
+    print(f"case {case}")
+    book.show_table(v, 2)
+first = stats.ratio_table(rows[rows["case"] == cases[0]], peers.BASE, aa=peers.AA)
+stats.glue_markdown("rt_findings", stats.table_findings(first, peers.BASE, "end to end"))
+stats.glue_markdown("rt_versus", stats.findings_markdown(
+    f"{r['staged fastest']} against {r['deployed fastest']} ({p}): {r['text']}" for p, r in versus[cases[0]].iterrows()))
+ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
+
+# %% [markdown]
+# ## What to take away
+#
+# At {glue:text}`rt_case0`, every row against `stock`, end to end:
+#
+# {glue:md}`rt_findings`
+#
+# The staged pipeline against the whole model deployed with mmdeploy, at each precision:
+#
+# {glue:md}`rt_versus`
+#
+# mmdeploy's export of this model took {glue:text}`rt_export0:.0f` s. What it costs a user beyond that: mmdeploy
+# 1.3.1 pins `protobuf<=3.20.2`, which onnx 1.23 cannot use, so it installs `--no-deps`
+# (`scripts/setup_mmdeploy.sh`); on torch 2.14 its export needs two shims (`dynamo=False`, a restored
+# `_cast_Long`); a static export fixes the input shape, and its graph differs from mmdet's test path by design
+# (one RPN NMS over all levels, zero-size proposals kept, one box per RoI: `deploy.py` lists them), which is
+# what its agreement figures show.
+
+# %% [markdown]
+# ## Environment of this run
+# Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
+
+# %% tags=["nbval-ignore-output"]
+ch.end()

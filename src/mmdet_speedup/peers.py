@@ -1,0 +1,159 @@
+"""The runtimes chapter's rows: the staged pipeline with each runtime for its convolutional stages, beside the
+whole model as a user deploys it (mmdeploy's export in ONNX Runtime or OpenVINO), measured in one sweep.
+
+Row names are fixed. ``stock`` is mmdet as shipped (the baseline of every ratio) and ``stock (A/A)`` its second
+run in the same sweep (the noise floor). Staged rows change one thing at a time from ``stock`` (a runtime, a
+precision), then ``auto`` rows stack the library's levers (``Choices.auto``). Deployed rows run mmdeploy's graph
+(``deploy.DeployedModel``): the same weights, the same image, the same workload, mmdeploy's own pre- and
+post-processing (full-image masks, like ``stock``).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from . import runtimes
+from .choices import STOCK, Choices
+from .equivalence import compare
+from .pipeline import StagedPipeline, load_image
+from .profiler import Built
+
+BASE, AA = "stock", "stock (A/A)"
+EAGER_BEST, COMPILED_BEST = "torch auto (eager)", "torch auto (compiled)"
+DEPLOYED_PREFIX = "mmdeploy → "
+
+
+def staged_rows(device: str | torch.device, bf16: bool) -> dict[str, Choices]:
+    """The staged rows for ``device``: runtimes for backbone, neck and RPN head at each precision they run, and
+    the library's own best (``Choices.auto``) in torch and in each runtime. ``bf16``: whether to include bf16
+    rows (a CPU without bf16 instructions would only emulate them)."""
+    rows = {BASE: STOCK, AA: STOCK}
+    low = "bf16" if bf16 else "fp32"
+    rows[EAGER_BEST] = Choices.auto(runtime="torch", precision=low)
+    rows[COMPILED_BEST] = Choices.auto(runtime="torch", precision=low, compile=True)
+    if torch.device(device).type != "cpu":
+        return rows
+    for rt in (runtimes.OPENVINO, runtimes.ONNXRUNTIME):
+        for prec in runtimes.PRECISIONS[rt]:
+            if prec == "bf16" and not bf16:
+                continue
+            rows[f"{runtimes.SHORT[rt]} {prec}"] = STOCK.replace(runtime=rt, precision=prec)
+        best = max(runtimes.PRECISIONS[rt], key=lambda p: p == low)  # the lowest precision it runs here
+        rows[f"{runtimes.SHORT[rt]} auto ({best})"] = Choices.auto(runtime=rt, precision=best)
+    return rows
+
+
+def deployed_rows(model, image, workdir: str | Path | None = None, *, bf16: bool = True,
+                  deploy_cfg: str = "instance-seg_onnxruntime_static") -> tuple[dict[str, Built], dict[str, Any]]:
+    """mmdeploy's export of ``model`` for ``image``'s size (once), and one ``Built`` row per runtime and precision
+    that runs it. Returns the rows and the export (path, seconds, error). An export that fails turns every
+    deployed row into an error row that says why."""
+    from .deploy import DeployedModel, export_end2end
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="mmdeploy-"))
+    try:
+        ex = export_end2end(model, load_image(image), workdir / "end2end.onnx", deploy_cfg=deploy_cfg)
+        info = {"path": str(ex.path), "export_s": ex.seconds, "error": ""}
+    except Exception as e:  # every deployed row becomes an error row saying why; the sweep goes on
+        error = RuntimeError(f"mmdeploy export failed: {type(e).__name__}: {e}")
+        ex, info = None, {"path": "", "export_s": float("nan"), "error": str(error)}
+
+    def make(rt: str, prec: str):
+        if ex is None:
+            raise error
+        return DeployedModel(ex.path, rt, prec)
+
+    rows = {}
+    for rt, prec in (("onnxruntime", "fp32"), ("openvino", "fp32"), *((("openvino", "bf16"),) if bf16 else ())):
+        rows[f"{DEPLOYED_PREFIX}{runtimes.SHORT[rt]} {prec}"] = Built(lambda rt=rt, prec=prec: make(rt, prec),
+                                                                     STOCK.replace(runtime=rt, precision=prec))
+    return rows, info
+
+
+def first_call_costs(built: Mapping[str, Any], export_s: float = 0.0) -> pd.DataFrame:
+    """What a user pays before the first image, per row: export and compile seconds and RSS growth of every
+    conversion a staged row made (``StagedPipeline.conversion_costs``), or a deployed row's export (shared by
+    the deployed rows) and its graph's loading and compiling (``DeployedModel.load_seconds``)."""
+    out = []
+    for label, run in built.items():
+        if isinstance(run, StagedPipeline):
+            costs = run.conversion_costs()
+            if costs:
+                c = pd.DataFrame(costs)
+                out.append({"row": label, "conversions": len(c), "first-call s": float(c["seconds"].sum()),
+                            "rss growth MB": float(c["rss_growth_mb"].sum())})
+        elif hasattr(run, "load_seconds"):
+            out.append({"row": label, "conversions": 1, "first-call s": export_s + run.load_seconds,
+                        "rss growth MB": float("nan")})
+    return pd.DataFrame(out, columns=["row", "conversions", "first-call s", "rss growth MB"]).set_index("row")
+
+
+class DeployedPredictor:
+    """A deployed graph held against a reference pipeline (``stock``), for ``Chapter.equivalence``."""
+
+    def __init__(self, deployed, reference: StagedPipeline) -> None:
+        self.deployed, self.reference = deployed, reference
+
+    def equivalence_report(self, images: Sequence) -> pd.DataFrame:
+        rows = []
+        for k, image in enumerate(images):
+            img = load_image(image)
+            start = time.perf_counter()
+            test = self.deployed(img)
+            rows.append({"image": f"image{k}", "variant": repr(self.deployed),
+                         **compare(self.reference(img), test).as_dict(), "seconds": time.perf_counter() - start})
+        return pd.DataFrame(rows)
+
+
+def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per precision, the fastest staged row (median ``total``) against the fastest deployed row at the same
+    precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
+    as the baseline: above 1 the library is faster). One case's profiler rows; empty where either side is missing."""
+    from . import stages as S
+    from .stats import ratio_table
+
+    ok = rows[(rows["status"] == "ok") & (rows["stage"] == S.TOTAL)]
+    med = ok.groupby(["variant", "precision"])["ms"].median().reset_index()
+    med = med[~med["variant"].isin([AA])]
+    out = []
+    for prec, g in med.groupby("precision"):
+        deployed = g[g["variant"].str.startswith(DEPLOYED_PREFIX)]
+        staged = g[~g["variant"].str.startswith(DEPLOYED_PREFIX)]
+        if deployed.empty or staged.empty:
+            continue
+        d, s_ = deployed.loc[deployed["ms"].idxmin(), "variant"], staged.loc[staged["ms"].idxmin(), "variant"]
+        r = ratio_table(rows[rows["variant"].isin([d, s_])], d).loc[s_]
+        out.append({"precision": prec, "staged fastest": s_, "deployed fastest": d, "ratio": r["ratio"],
+                    "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
+    return pd.DataFrame(out, columns=["precision", "staged fastest", "deployed fastest", "ratio", "lo", "hi", "n",
+                                      "verdict", "text"]).set_index("precision")
+
+
+def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[str, Any]:
+    """One case of the runtimes chapter, recorded through ``ch`` (a ``book.Chapter``): mmdeploy's export, one
+    interleaved sweep of the staged and deployed rows, their first-call costs (table ``07_runtimes_first_call``)
+    and their agreement with ``stock`` (``07_runtimes_equivalence``). Returns what the sweep traded (repeats),
+    the export and the first-call table."""
+    from functools import partial
+
+    from .ladder import split_case
+    from .optimize import Predictor
+    from .profiler import repeats_sentence
+
+    size, scale = split_case(case)
+    samples, model = ch.samples(size), ch.model(scale=scale)
+    deployed, export = deployed_rows(model, samples[0].data, bf16=bf16)
+    prof = ch.profiler(model)
+    prof.run({**staged, **deployed}, samples, {"case": case})
+    first = first_call_costs(prof.built, export["export_s"]).reset_index().assign(case=case)
+    ch.record(f"{ch.name}_first_call", first)
+    makers = {label: partial(Predictor, model, c, ch.device) for label, c in staged.items()}
+    makers |= {label: partial(lambda b: DeployedPredictor(b.make(), StagedPipeline(model)), b)
+               for label, b in deployed.items()}
+    ch.equivalence(f"{ch.name}_equivalence", makers, [s.data for s in samples], case=case)
+    return {"traded": repeats_sentence(prof.last_repeats), "export": export, "first_call": first.set_index("row")}

@@ -1,0 +1,75 @@
+"""The runtimes chapter's rows (peers.py) on hand-made rows: row names, the staged-against-deployed comparison,
+first-call costs, and an export failure that becomes error rows."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mmdet_speedup import STOCK, peers, runtimes
+from mmdet_speedup import stages as S
+
+
+def test_staged_rows_change_one_thing_at_a_time():
+    rows = peers.staged_rows("cpu", bf16=True)
+    assert list(rows)[:4] == [peers.BASE, peers.AA, peers.EAGER_BEST, peers.COMPILED_BEST]
+    assert rows["ov fp32"] == STOCK.replace(runtime="openvino") and rows["ov bf16"].precision == "bf16"
+    assert rows["ort fp32"] == STOCK.replace(runtime="onnxruntime") and "ort bf16" not in rows
+    assert rows["ov auto (bf16)"].masks == "auto" and rows["ort auto (fp32)"].precision == "fp32"
+    no_bf16 = peers.staged_rows("cpu", bf16=False)
+    assert "ov bf16" not in no_bf16 and no_bf16[peers.EAGER_BEST].precision == "fp32"
+    assert list(peers.staged_rows("cuda", bf16=True)) == [peers.BASE, peers.AA, peers.EAGER_BEST, peers.COMPILED_BEST]
+
+
+def _rows(totals: dict[str, tuple[str, list[float]]]) -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "precision": p, "stage": S.TOTAL, "repeat": r, "image": "a", "ms": ms,
+                          "status": "ok"} for v, (p, ms_) in totals.items() for r, ms in enumerate(ms_)])
+
+
+def test_versus_deployed_pairs_the_fastest_of_each_side_per_precision():
+    noise = [1.0, 1.02, 0.98, 1.01, 0.99]
+    rows = _rows({"stock": ("fp32", [100 * k for k in noise]),
+                  "ort fp32": ("fp32", [80 * k for k in noise]),
+                  f"{peers.DEPLOYED_PREFIX}ort fp32": ("fp32", [90 * k for k in noise]),
+                  f"{peers.DEPLOYED_PREFIX}ov fp32": ("fp32", [70 * k for k in noise]),
+                  "ov bf16": ("bf16", [30 * k for k in noise]),
+                  f"{peers.DEPLOYED_PREFIX}ov bf16": ("bf16", [60 * k for k in noise]),
+                  "torch auto (eager)": ("bf16", [50 * k for k in noise])})
+    v = peers.versus_deployed(rows)
+    assert v.loc["fp32", "staged fastest"] == "ort fp32" and v.loc["fp32", "deployed fastest"].endswith("ov fp32")
+    assert v.loc["fp32", "ratio"] == pytest.approx(70 / 80) and v.loc["fp32", "verdict"] == "slower"
+    assert v.loc["bf16", "ratio"] == pytest.approx(2.0) and v.loc["bf16", "verdict"] == "faster"
+    only_staged = rows[~rows["variant"].str.startswith(peers.DEPLOYED_PREFIX)]
+    assert peers.versus_deployed(only_staged).empty
+
+
+def test_first_call_costs_of_staged_and_deployed_rows():
+    class Staged(peers.StagedPipeline):
+        def __init__(self, costs):  # no model: only what first_call_costs reads
+            self._costs = costs
+
+        def conversion_costs(self):
+            return self._costs
+
+    class Deployed:
+        load_seconds = 2.0
+
+    t = peers.first_call_costs({"ov fp32": Staged([{"seconds": 3.0, "rss_growth_mb": 10.0},
+                                                   {"seconds": 1.0, "rss_growth_mb": 5.0}]),
+                                "stock": Staged([]), "mmdeploy": Deployed()}, export_s=8.0)
+    assert list(t.index) == ["ov fp32", "mmdeploy"]  # torch rows convert nothing
+    assert t.loc["ov fp32", "first-call s"] == 4.0 and t.loc["ov fp32", "rss growth MB"] == 15.0
+    assert t.loc["mmdeploy", "first-call s"] == 10.0
+
+
+def test_a_failed_export_makes_error_rows_not_a_failed_chapter(monkeypatch, mask_rcnn, image):
+    import mmdet_speedup.deploy as deploy
+
+    def boom(*a, **k):
+        raise RuntimeError("exporter broke")
+
+    monkeypatch.setattr(deploy, "export_end2end", boom)
+    rows, info = peers.deployed_rows(mask_rcnn, str(image), bf16=False)
+    assert list(rows) == [f"{peers.DEPLOYED_PREFIX}ort fp32", f"{peers.DEPLOYED_PREFIX}ov fp32"]
+    assert "exporter broke" in info["error"]
+    with pytest.raises(RuntimeError, match="mmdeploy export failed: RuntimeError: exporter broke"):
+        rows[f"{peers.DEPLOYED_PREFIX}ov fp32"].make()

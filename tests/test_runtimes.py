@@ -1,0 +1,223 @@
+"""Runtime backends: backbone, neck and RPN head convolutions in OpenVINO or ONNX Runtime, the rest unchanged."""
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+import torch
+
+from mmdet_speedup import STOCK, Choices, StagedPipeline, compare, optimize
+from mmdet_speedup import runtimes as R
+from mmdet_speedup import stages as S
+from mmdet_speedup.checks import InputError
+from mmdet_speedup.environment import cpu_has_bf16
+from mmdet_speedup.equivalence import relative_error
+from mmdet_speedup.timing import StageTimer
+
+from .conftest import TickClock
+
+CONVERTED = ("openvino", "onnxruntime")
+TINY = (1, 3, 64, 96)  # a padded input far below CI size: conversions take about a second
+
+
+@pytest.fixture(scope="module")
+def tiny_input():
+    return torch.randn(TINY, generator=torch.Generator().manual_seed(0))
+
+
+def torch_convs(model, x):
+    with torch.no_grad():
+        feats = model.backbone(x)
+        maps = model.neck(feats)
+        return feats, maps, model.rpn_head(maps)
+
+
+def runtime_convs(model, runtime, precision, x):
+    parts = [R.RuntimeModule(getattr(model, k), runtime, precision, k) for k in ("backbone", "neck", "rpn_head")]
+    with torch.no_grad():
+        feats = parts[0](x)
+        maps = parts[1](feats)
+        return (feats, maps, parts[2](maps)), parts
+
+
+def flat(t):
+    return torch.utils._pytree.tree_flatten(t)[0]
+
+
+# -- conversion: once per shape, cached, structure kept ----------------------------------------------------
+@pytest.mark.parametrize("runtime", CONVERTED)
+def test_converts_once_per_shape_and_caches(mask_rcnn, runtime, tiny_input):
+    R.clear_cache()
+    maps = torch_convs(mask_rcnn, tiny_input)[1]  # the RPN head (cheapest to convert) on the tiny input's FPN maps
+    taller = torch_convs(mask_rcnn, torch.randn(1, 3, 96, 64))[1]
+    m = R.RuntimeModule(mask_rcnn.rpn_head, runtime, "fp32", "rpn_head")
+    with torch.no_grad():
+        out = m(maps)
+        assert len(m.conversions) == 1 and m.is_converted(maps)
+        m(tuple(t.clone() for t in maps))
+        assert len(m.conversions) == 1  # same shapes: the cached model
+        assert not m.is_converted(taller)
+        m(taller)
+        assert len(m.conversions) == 2 and m.conversions[1]["shape"].startswith("1x256x24x16, ")
+        other = R.RuntimeModule(mask_rcnn.rpn_head, runtime, "fp32", "rpn_head")
+        other(maps)
+        assert other.conversions == []  # same weights, runtime, precision and shapes: shared
+        changed = copy.deepcopy(mask_rcnn.rpn_head)
+        changed.rpn_conv.weight.data.mul_(2)
+        again = R.RuntimeModule(changed, runtime, "fp32", "rpn_head")
+        again(maps)
+        assert len(again.conversions) == 1  # other weights: converted again
+    assert isinstance(out, tuple) and len(out) == 2 and all(isinstance(o, list) and len(o) == 5 for o in out)
+    c = m.conversions[0]
+    assert c["part"] == "rpn_head" and c["runtime"] == runtime and c["seconds"] >= c["export_s"] > 0
+    assert c["shape"] == "1x256x16x24, 1x256x8x12, 1x256x4x6, 1x256x2x3, 1x256x1x2"
+    assert {"compile_s", "rss_growth_mb", "peak_rss_growth_mb", "threads"} <= set(c)
+
+
+@pytest.mark.parametrize("runtime", CONVERTED)
+def test_fp32_agrees_with_torch(mask_rcnn, runtime, tiny_input):
+    ref = torch_convs(mask_rcnn, tiny_input)
+    got, parts = runtime_convs(mask_rcnn, runtime, "fp32", tiny_input)
+    cls, reg = got[2]
+    assert isinstance(cls, list) and isinstance(reg, list) and len(cls) == len(reg) == 5  # (cls_scores, bbox_preds)
+    for r, g in zip(ref, got):
+        assert relative_error(tuple(flat(r)), tuple(flat(g))) < 1e-4
+    if runtime == "openvino":  # fp32 asked for explicitly: the plugin would pick bf16 on a bf16 CPU
+        assert all(c["inference_precision"] == "f32" for p in parts for c in p.conversions)
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no bf16 instructions (OpenVINO would run f32)")
+def test_openvino_bf16_agrees_softly(mask_rcnn, tiny_input):
+    """As close to fp32 as torch's own bf16 autocast. Weights v2 (calibrated BatchNorms) amplify bf16 rounding: both
+    are ~0.05-0.09 relative here (on an untrained-like network; ~0.01 at the features of a trained one)."""
+    ref = torch_convs(mask_rcnn, tiny_input)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = torch_convs(mask_rcnn, tiny_input)
+    got, parts = runtime_convs(mask_rcnn, "openvino", "bf16", tiny_input)
+    assert parts[0].conversions[0]["inference_precision"] == "bf16"
+    for r, a, g in zip(ref, autocast, got):
+        err = relative_error(tuple(flat(r)), tuple(flat(g)))
+        assert 0 < err < 0.2 and err < 1.5 * relative_error(tuple(flat(r)), tuple(flat(a))), err
+
+
+# -- the pipeline -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("runtime", CONVERTED)
+def test_pipeline_detections_agree_with_stock(mask_rcnn, image, stock_dets, runtime):
+    R.clear_cache(runtime)
+    pipe = StagedPipeline(mask_rcnn, Choices(runtime=runtime), "cpu")
+    assert pipe.choices.label() == f"stock/fp32/{R.SHORT[runtime]}/full"
+    assert isinstance(pipe.model.backbone, R.RuntimeModule) and isinstance(pipe.model.rpn_head, R.RuntimeModule)
+    assert not isinstance(mask_rcnn.backbone, R.RuntimeModule)  # the stock model is not touched
+    timer = StageTimer("cpu", clock=TickClock(), record_function=False)
+    dets = pipe(image, timer)
+    assert {S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX} <= set(timer.times)  # stage ranges as before
+    a = compare(stock_dets, dets)
+    assert a.passes(box_iou=0.99) and a.score_diff_max < 1e-3, a
+    assert pipe.last_runtime == runtime
+    assert [c["part"] for c in pipe.conversion_costs()] == ["backbone", "neck", "rpn_head"]
+    pipe(image)
+    assert len(pipe.conversion_costs()) == 3  # the same padded shape: nothing converted again
+    assert StagedPipeline(mask_rcnn, STOCK, "cpu").conversion_costs() == []
+
+
+def test_optimize_uses_the_runtime(mask_rcnn, image, stock_dets):
+    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", runtime="onnxruntime", device="cpu")
+    assert p.choices.runtime == "onnxruntime" and not p.choices.channels_last and not p.choices.compile
+    assert isinstance(p.pipeline.model.neck, R.RuntimeModule)
+    assert compare(stock_dets, p(image)).passes(box_iou=0.99)
+
+
+def test_optimize_auto_measures_and_picks(monkeypatch, mask_rcnn, image, stock_dets):
+    monkeypatch.setattr(R, "AUTO_TRIALS", 1)
+    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", device="cpu")
+    assert p.choices.runtime == "auto" and "rt:auto" in p.choices.label()
+    assert set(p.pipeline.parts) == set(R.candidates("cpu", "fp32")) and "torch" in p.pipeline.parts
+    dets = p(image)
+    assert p.pipeline.last_runtime in p.pipeline.parts
+    (shape, measured), = p.pipeline.runtime_measurements.items()
+    assert measured["chosen"] == p.pipeline.last_runtime and set(measured) == {"chosen", *p.pipeline.parts}
+    assert compare(stock_dets, dets).passes(box_iou=0.99)
+
+
+class _FakeTime:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("ov_cost, expect", [(0.5, "openvino"), (0.95, "torch"), (1.5, "torch")])
+def test_auto_keeps_torch_unless_another_runtime_wins_by_the_margin(monkeypatch, ov_cost, expect):
+    fake = _FakeTime()
+    monkeypatch.setattr(R, "time", fake)
+    calls = {"torch": 0, "openvino": 0}
+
+    def run(name, cost):
+        def fn():
+            calls[name] += 1
+            fake.t += cost
+        return fn
+
+    key = ("test", ov_cost)
+    winner, med = R.pick(key, {"torch": run("torch", 1.0), "openvino": run("openvino", ov_cost)})
+    assert winner == expect and med == pytest.approx({"torch": 1.0, "openvino": ov_cost})
+    assert calls == {"torch": 1 + R.AUTO_TRIALS, "openvino": 1 + R.AUTO_TRIALS}  # warm-up, then interleaved trials
+    assert R.pick(key, {})[0] == expect and calls["torch"] == 1 + R.AUTO_TRIALS  # measured once per key
+
+
+# -- clear errors -----------------------------------------------------------------------------------------
+def test_unknown_runtime_is_a_clear_error():
+    with pytest.raises(InputError, match="unknown runtime 'tensorrt'; choose from torch, openvino, onnxruntime"):
+        Choices(runtime="tensorrt")
+    with pytest.raises(InputError, match="unknown runtime"):
+        optimize(None, runtime="tvm")
+
+
+def test_missing_runtime_names_the_pip_package(monkeypatch, mask_rcnn):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
+    with pytest.raises(R.RuntimeMissingError, match="runtime 'openvino' is not installed: pip install openvino"):
+        Choices(runtime="openvino").resolve("cpu", mask_rcnn)
+    with pytest.raises(InputError, match="pip install openvino"):
+        R.RuntimeModule(mask_rcnn.backbone, "openvino")
+    assert "openvino" not in R.candidates("cpu", "fp32") and not R.available("openvino")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # ONNX Runtime runs, but torch's exporter needs onnx
+    with pytest.raises(R.RuntimeMissingError, match="runtime 'onnxruntime' needs the onnx package to export: "
+                                                    "pip install onnx"):
+        optimize(mask_rcnn, runtime="onnxruntime", precision="fp32", device="cpu")
+    assert R.candidates("cpu", "fp32") == ("torch",)
+
+
+def test_runtime_and_precision_device_and_torch_levers(mask_rcnn):
+    with pytest.raises(InputError, match="runtime 'onnxruntime' runs precision fp32, not 'bf16'"):
+        Choices(runtime="onnxruntime", precision="bf16").resolve("cpu", mask_rcnn)
+    with pytest.raises(InputError, match="runs on the CPU only"):
+        Choices(runtime="openvino").resolve("cuda", mask_rcnn)
+    with pytest.raises(InputError, match="not 'bf16-weights'"):
+        Choices(runtime="openvino", precision="bf16-weights").resolve("cpu", mask_rcnn)
+    for lever in ("channels_last", "compile"):
+        with pytest.raises(InputError, match=f"{lever} is a torch lever"):
+            Choices(runtime="openvino", **{lever: True}).resolve("cpu", mask_rcnn)
+    c = Choices.auto(runtime="openvino", precision="bf16").resolve("cpu", mask_rcnn)
+    assert (c.channels_last, c.compile, c.runtime) == (False, False, "openvino")
+    # a torch lever asked for: auto keeps torch
+    assert Choices.auto(compile=True).resolve("cpu", mask_rcnn).runtime == "torch"
+    assert Choices.auto(precision="bf16-weights").resolve("cpu", mask_rcnn).runtime == "torch"
+    assert Choices.auto().resolve("cuda", mask_rcnn).runtime == "torch"
+    assert R.candidates("cpu", "bf16") == ("torch", "openvino")  # ONNX Runtime runs fp32 only
+
+
+@pytest.mark.parametrize("runtime, target", [("openvino", "openvino.convert_model"),
+                                             ("onnxruntime", "torch.onnx.export")])
+def test_a_part_that_cannot_be_converted_is_a_clear_error(monkeypatch, mask_rcnn, runtime, target, tiny_input):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::frobnicate\nsecond line of converter noise")
+
+    monkeypatch.setattr(target, refuse)
+    changed = copy.deepcopy(mask_rcnn.backbone)  # weights no cached conversion holds
+    changed.conv1.weight.data.add_(1)
+    m = R.RuntimeModule(changed, runtime, "fp32", "backbone")
+    with pytest.raises(R.ConversionError, match=rf"could not convert backbone \(ResNet\) to {runtime} at input shape "
+                                                r"1x3x64x96: RuntimeError: unsupported operator aten::frobnicate$"):
+        m(tiny_input)
