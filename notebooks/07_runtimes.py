@@ -37,6 +37,7 @@ cases = ["480x320>480x320"]
 dets = 50
 rpn_proposals = 300
 n_images = 1
+n_stream = 4
 repeats = 3
 sweep_budget_s = None
 warmup = 1
@@ -91,6 +92,19 @@ stats.glue_markdown("rt_versus", stats.findings_markdown(
 ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
 
 # %% [markdown]
+# ## Serving many images: throughput mode
+# The deployed graph in OpenVINO compiled for latency (one request in flight) against the same graph compiled with
+# the `THROUGHPUT` hint (OpenVINO's optimal number of requests in flight, `requests`), end to end over a stream of
+# `n_stream` images at the first case's input size: images per second, and the ratio with its interval.
+
+# %% tags=["nbval-ignore-output"]
+tp = peers.run_throughput(ch, cases[0], done[cases[0]]["export"], bf16, n_stream)
+print(tp.attrs.get("repeats", ""))
+book.show_table(tp, 2)
+stats.glue_markdown("rt_throughput", stats.findings_markdown(
+    f"{r['row']} ({r['requests']} requests) against {r['against']}: {r['text']}" for _, r in tp.iterrows()))
+
+# %% [markdown]
 # ## What to take away
 #
 # At {glue:text}`rt_case0`, every row against `stock`, end to end:
@@ -100,6 +114,10 @@ ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
 # The staged pipeline against the whole model deployed with mmdeploy, at each precision:
 #
 # {glue:md}`rt_versus`
+#
+# Serving a stream of images, throughput mode against latency mode on the same graph:
+#
+# {glue:md}`rt_throughput`
 #
 # mmdeploy's export of this model took {glue:text}`rt_export0:.0f` s. What it costs a user beyond that: mmdeploy
 # 1.3.1 pins `protobuf<=3.20.2`, which onnx 1.23 cannot use, so it installs `--no-deps`

@@ -148,7 +148,7 @@ def test_max_images_scores_only_the_images_run(mask_rcnn, own):
     root, both, first = own
     # choices that change no detection on the CPU (box masks and threaded RoIAlign are bit-identical there)
     p = optimize(mask_rcnn, preprocess="stock", precision="fp32", channels_last=False, fold_bn=False, masks="box",
-                 roi_align="threaded", compile=False, device="cpu")
+                 roi_align="threaded", compile=False, runtime="torch", device="cpu")
     rep = p.coco_report(both, root, max_images=1)
     alone = p.coco_report(first, root)
     assert len(rep) == 2  # the reference (stock) and the predictor
@@ -167,4 +167,4 @@ def test_category_count_mismatch_is_a_clear_error(mask_rcnn, own, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(a))
     with pytest.raises(ValueError, match="categories"):
-        optimize(mask_rcnn, precision="fp32", device="cpu").coco_report(bad, root, max_images=1)
+        optimize(mask_rcnn, precision="fp32", runtime="torch", device="cpu").coco_report(bad, root, max_images=1)

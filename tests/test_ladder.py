@@ -27,8 +27,9 @@ def _pilot(faster: set[str]):
 def test_rungs_on_the_cpu_and_cuda():
     names = [n for n, _ in ladder.levers("cpu")]
     assert names == ["+precision", "+auto preprocess", "+raw masks", "+torchvision RoIAlign", "+threaded RoIAlign",
-                     "+fold BN", "+bf16 weights", "+compile"]
+                     "+fold BN", "+bf16 weights", "+compile", "+OpenVINO"]
     cuda = dict(ladder.levers(torch.device("cuda")))
+    assert "+OpenVINO" not in cuda
     assert "+torchvision RoIAlign" not in cuda and cuda["+precision"] == dict(precision="fp16", channels_last=True)
     assert "+fp16 weights" in cuda
 
@@ -36,13 +37,17 @@ def test_rungs_on_the_cpu_and_cuda():
 def test_climb_keeps_only_what_helps_and_builds_on_the_better():
     c = ladder.climb(ladder.levers("cpu"), _pilot({"precision", "masks", "compile"}))
     assert c.kept == {"+precision": True, "+auto preprocess": False, "+raw masks": True, "+torchvision RoIAlign": False,
-                      "+threaded RoIAlign": False, "+fold BN": False, "+bf16 weights": True, "+compile": True}
+                      "+threaded RoIAlign": False, "+fold BN": False, "+bf16 weights": True, "+compile": True,
+                      "+OpenVINO": True}
     # a rung that did not help stays, marked; the next rung builds on the rung below it
     assert c.parent["+auto preprocess"] == "+precision" and c.parent["+raw masks"] == "+precision"
     assert c.choices["+raw masks"] == STOCK.replace(precision="bf16", channels_last=True, masks="raw")
     assert c.parent["+threaded RoIAlign"] == "+raw masks" and c.choices["+threaded RoIAlign"].roi_align == "threaded"
     assert c.choices["+compile"] == STOCK.replace(precision="bf16-weights", channels_last=True, masks="raw", compile=True)
-    assert c.path == "+compile" and c.pilot["+fold BN"].word == "no measurable difference"
+    assert c.pilot["+fold BN"].word == "no measurable difference"
+    # OpenVINO on the path: the study's plain precision, without the torch-only levers below it
+    assert c.path == "+OpenVINO" and c.choices["+OpenVINO"] == STOCK.replace(
+        precision="bf16", masks="raw", runtime="openvino")
 
 
 def test_climb_with_nothing_helping_stays_on_stock():
@@ -122,13 +127,13 @@ def test_stage_bounds_of_the_path_on_the_small_model(mask_rcnn, image):
     from mmdet_speedup.roofline import best_measured
 
     lad = ladder.Ladder("cpu", 100)
-    lad.climb(_pilot({"channels_last"}))
-    assert lad.path == "+precision"
+    lad.climb(_pilot({"masks"}))
+    assert lad.path == "+raw masks"
     stages = {S.LOAD: 2.0, S.PREPROCESS: 3.0, S.DATA_PREPROCESSOR: 1.0, S.BACKBONE: 400.0, S.NECK: 100.0,
               S.RPN: 80.0, S.ROI_BBOX: 40.0, S.ROI_MASK: 20.0, S.MASK_POSTPROCESS: 10.0}
     key = dict(config="m", device="cpu", input_size="480x320", scale="480x320", rpn_pre_nms=1000, dets_per_image=60)
     rows = pd.concat([_rows("c", {v: [800.0] * 3}, {s: ms * f for s, ms in stages.items()}).assign(**key)
-                      for v, f in (("stock", 2.0), ("+precision", 1.0))])
+                      for v, f in (("stock", 2.0), ("+raw masks", 1.0))])
     other = _rows("c", {"+compile": [500.0] * 3}, {S.BACKBONE: 150.0}).assign(**key, run_id="r0", notebook="02")
     best = best_measured(pd.concat([rows.assign(run_id="r1", notebook="06"), other]))
     table = ladder.case_table(rows, None, lad.rows)

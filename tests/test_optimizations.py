@@ -193,12 +193,12 @@ def test_blocked_feature_conversion_is_bit_identical(dtype, shape):
 
 
 def test_bf16_weights_and_fold_bn_run_and_agree_softly(mask_rcnn, image):
-    p = optimize(mask_rcnn, preprocess="stock", precision="bf16-weights", masks="full", fold_bn=True, device="cpu")
+    p = optimize(mask_rcnn, runtime="torch", preprocess="stock", precision="bf16-weights", masks="full", fold_bn=True, device="cpu")
     assert next(p.pipeline.model.backbone.parameters()).dtype == torch.bfloat16
     assert next(mask_rcnn.backbone.parameters()).dtype == torch.float32  # the stock model is untouched
     from mmdet_speedup.equivalence import relative_error
     err = relative_error(*p.features(image))
-    alone = optimize(mask_rcnn, preprocess="stock", precision="bf16-weights", masks="full", fold_bn=False,
+    alone = optimize(mask_rcnn, runtime="torch", preprocess="stock", precision="bf16-weights", masks="full", fold_bn=False,
                      device="cpu")
     # weights v2 (calibrated BatchNorms) amplify bf16 rounding through the backbone: ~0.2 relative error at the
     # features with or without folding (v1's identity BatchNorms: ~0.01). Folding BN into the convs before the cast
@@ -217,14 +217,14 @@ def test_torchvision_roi_align_is_bit_identical(mask_rcnn, image, stock_dets, im
 @pytest.mark.parametrize("roi_align", ["mmcv", "torchvision", "threaded"])
 def test_channels_last_alone_is_equivalent(mask_rcnn, image, stock_dets, roi_align):
     """fp32 + channels_last must not change results (mmcv's RoIAlign misreads channels_last memory)."""
-    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", channels_last=True,
+    p = optimize(mask_rcnn, runtime="torch", preprocess="stock", precision="fp32", masks="full", channels_last=True,
                  roi_align=roi_align, device="cpu")
     a = compare(stock_dets, p(image))
     assert a.passes(box_iou=0.99), a
 
 
 def test_fold_bn_alone_is_equivalent(mask_rcnn, image, stock_dets):
-    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", fold_bn=True, device="cpu")
+    p = optimize(mask_rcnn, runtime="torch", preprocess="stock", precision="fp32", masks="full", fold_bn=True, device="cpu")
     a = compare(stock_dets, p(image))
     assert a.passes(box_iou=0.99), a
 
@@ -272,7 +272,7 @@ def test_compile_keeps_results_and_stock_model(mask_rcnn, image, stock_dets):
     from mmdet_speedup.compile import is_compiled
     from mmdet_speedup.equivalence import relative_error
 
-    p = optimize(mask_rcnn, preprocess="stock", precision="fp32", masks="full", roi_align="mmcv", compile=True,
+    p = optimize(mask_rcnn, runtime="torch", preprocess="stock", precision="fp32", masks="full", roi_align="mmcv", compile=True,
                  device="cpu")
     assert is_compiled(p.pipeline.model.backbone) and is_compiled(p.pipeline.model.neck)
     assert not is_compiled(mask_rcnn.backbone)

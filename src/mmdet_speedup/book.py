@@ -91,8 +91,8 @@ class Chapter:
         p = self.params
         scale = workload_of(model)["scale"] or "1333x800"
         repeats = Repeats.for_scale(scale, int(p.get("repeats", 3)), budget_s=p.get("sweep_budget_s"))
-        kw = {"repeats": repeats, "warmup": p.get("warmup", 1), **kw}
-        return Profiler(model, device=str(self.device), recorder=self.rec, **kw)
+        kw = {"repeats": repeats, "warmup": p.get("warmup", 1), "recorder": self.rec, **kw}
+        return Profiler(model, device=str(self.device), **kw)
 
     def samples(self, size: str | None, n: int | None = None) -> list:
         """The first ``n`` (default ``n_images``) sample photos, re-encoded at ``size`` (WxH)."""

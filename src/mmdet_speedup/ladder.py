@@ -28,6 +28,7 @@ from .stats import (FASTER, SLOWER, Interval, Verdict, findings_markdown, preser
 
 LEGACY, BASE = "legacy", "stock"
 COMPILE = "+compile"
+OPENVINO = "+OpenVINO"
 #: The seed's first and last rows (``inference`` is mmdet 2.19 as published, ``inference_raw_mask`` its last row).
 SEED_SYSTEM, SEED_FIRST, SEED_LAST = "mmdet 2.19 (seed)", "inference", "inference_raw_mask"
 #: The seed's stages compared with ours, through ``data/reference/stage_map.csv``.
@@ -52,15 +53,21 @@ def levers(device: str | torch.device) -> list[tuple[str, dict]]:
 
     ``+precision`` is the precision a study compares with fp32 on the device (``precision.studied``: fp16 on CUDA,
     bf16 on a CPU whether or not it has bf16 instructions); the RoIAlign rungs exist on the CPU only (on CUDA mmcv's
-    kernel stays); the weights rung is named after that precision (``+bf16 weights`` or ``+fp16 weights``).
+    kernel stays); the weights rung is named after that precision (``+bf16 weights`` or ``+fp16 weights``); the last
+    rung (CPU only) runs backbone, neck and RPN head in OpenVINO at that precision (``runtimes``), dropping the
+    torch-only levers (channels_last, compile, the weights precision) of the path below it.
     """
     low = precision.studied(device)
     out = [("+precision", dict(precision=low, channels_last=True)), ("+auto preprocess", dict(preprocess="auto")),
            ("+raw masks", dict(masks="raw"))]
     if torch.device(device).type == "cpu":
         out += [("+torchvision RoIAlign", dict(roi_align="torchvision")), ("+threaded RoIAlign", dict(roi_align="threaded"))]
-    return out + [("+fold BN", dict(fold_bn=True)), (f"+{low} weights", dict(precision=f"{low}-weights")),
-                  (COMPILE, dict(compile=True))]
+    out += [("+fold BN", dict(fold_bn=True)), (f"+{low} weights", dict(precision=f"{low}-weights")),
+            (COMPILE, dict(compile=True))]
+    if torch.device(device).type == "cpu":
+        # backbone, neck and RPN head in OpenVINO at the study's precision; the torch-only levers go
+        out.append((OPENVINO, dict(runtime="openvino", precision=low, channels_last=False, compile=False)))
+    return out
 
 
 @dataclass
@@ -226,7 +233,8 @@ class Ladder:
         the roofline floor: FLOPs counted for this model and input over the matmul peak of the path's dtype, or
         the bytes the stage must move over the copy bandwidth, whichever is larger (``peaks``:
         ``roofline.measure_peaks``). ``table``: the case's ``case_table``; ``rows``: its profiler rows."""
-        c = self.choices[self.path].replace(compile=False)  # compiled kernels hide from the FLOP counter
+        # compiled kernels and converted runtimes hide from the FLOP counter; the work is the same in eager torch
+        c = self.choices[self.path].replace(compile=False, runtime="torch")
         pipe = StagedPipeline(model, c, self.device)
         flops = roofline.stage_flops(pipe, image, stages=(S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX, S.ROI_MASK))
         path_ms = table.loc[self.path, [s for s in S.STAGES if s in table.columns]].dropna().to_dict()
@@ -249,7 +257,8 @@ def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
 def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str]) -> pd.DataFrame:
     """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for
     every mask as RLE), the speed-up against ``stock`` with and without it, the speed-up's 95% interval (``lo``,
-    ``hi``, over ``n`` repeats) and verdict held to the A/A floor, the workload each row ran (median NMS inputs and
+    ``hi``, over ``n`` repeats) and verdict held to the A/A floor, the runtime of backbone, neck and RPN head
+    (``runtime``, where recorded), the workload each row ran (median NMS inputs and
     detections out), its agreement with ``stock`` (mean over images; empty where not checked) and what that
     agreement says (``results``: exact, preserves results or changes results, ``stats.preservation``).
 
@@ -261,6 +270,8 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     t["speed-up with rle"] = t.loc[BASE, "total + rle"] / t["total + rle"]
     t = t.join(ratio_table(rows, BASE, aa=AA if AA in set(rows["variant"]) else None)[["lo", "hi", "n", "verdict"]])
     t = t.join(rows.groupby("variant")[WORKLOAD].median())
+    if "runtime" in rows:  # where backbone, neck and RPN head ran (the rest is torch)
+        t["runtime"] = rows.groupby("variant")["runtime"].first()
     agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
     t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
     t["results"] = preservation_column(t).where(t["matched_ref"].notna(), "")

@@ -157,3 +157,49 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
                for label, b in deployed.items()}
     ch.equivalence(f"{ch.name}_equivalence", makers, [s.data for s in samples], case=case)
     return {"traded": repeats_sentence(prof.last_repeats), "export": export, "first_call": first.set_index("row")}
+
+
+def throughput_rows(onnx_path: str | Path, bf16: bool) -> dict[str, Built]:
+    """The deployed graph in OpenVINO compiled for latency (one request in flight) and for throughput (OpenVINO's
+    optimal number of requests in flight), at each precision the CPU runs."""
+    from .deploy import DeployedModel
+
+    rows = {}
+    for prec in ("fp32", "bf16") if bf16 else ("fp32",):
+        for hint in ("LATENCY", "THROUGHPUT"):
+            rows[f"{DEPLOYED_PREFIX}ov {prec} {hint.lower()}"] = Built(
+                lambda prec=prec, hint=hint: DeployedModel(onnx_path, "openvino", prec, hint=hint),
+                STOCK.replace(runtime="openvino", precision=prec))
+    return rows
+
+
+def run_throughput(ch, case: str, export: Mapping[str, Any], bf16: bool, n_stream: int) -> pd.DataFrame:
+    """Images per second of ``throughput_rows`` over a stream of ``n_stream`` images at the case's input size
+    (the sample photos, repeated to length), interleaved passes, recorded as ``<chapter>_throughput``; each
+    throughput row against the latency row of its precision (``stats.ratio_table`` on ms per image)."""
+    from .book import recorder
+    from .deploy import throughput
+    from .ladder import split_case
+    from .profiler import Profiler, repeats_sentence
+    from .stats import ratio_table
+
+    if not export.get("path"):
+        return pd.DataFrame()
+    size, scale = split_case(case)
+    samples = ch.samples(size)
+    sources = [samples[k % len(samples)].data for k in range(n_stream)]
+    prof = ch.profiler(ch.model(scale=scale), recorder=recorder(ch.name, ch.params, f"{ch.name}_throughput"))
+    rows = prof.run_stream(throughput_rows(export["path"], bf16), sources,
+                           lambda run, images: throughput(run, images, warmup=False)["images_per_s"], {"case": case})
+    ok = rows[rows["status"] == "ok"]
+    out = []
+    for label in dict.fromkeys(ok["variant"]):
+        if label.endswith("throughput"):
+            base = label.replace("throughput", "latency")
+            r = ratio_table(ok[ok["variant"].isin([base, label])], base).loc[label]
+            out.append({"row": label, "against": base, "images/s": float(1e3 / r["median ms"]),
+                        "requests": getattr(prof.built.get(label), "requests", None), "ratio": r["ratio"],
+                        "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
+    out_df = pd.DataFrame(out)
+    out_df.attrs["repeats"] = repeats_sentence(prof.last_repeats)
+    return out_df

@@ -331,6 +331,19 @@ class Profiler:
 
         return self.sweep({label: choices for label in LOADING}, [stream], measure, extra, build=lambda _: pipe)
 
+    def run_stream(self, variants: Mapping[str, Choices | Built], sources: Sequence[ImageLike],
+                   images_per_s: Callable[[Any, list], float], extra: Mapping | None = None) -> pd.DataFrame:
+        """Images per second of each variant over the whole ``sources`` list (``images_per_s(run, sources)``), one
+        pass per repeat, interleaved; ``ms`` is per image (1000 / images per second)."""
+        first = load_image(sources[0])
+        stream = Stream(f"stream of {len(sources)}", list(sources), (first.shape[1], first.shape[0]))
+
+        def measure(label, pipe, choices, stream, rep) -> list[dict]:
+            ips = images_per_s(pipe, stream.sources)
+            return [{"stage": S.TOTAL, "ms": 1e3 / ips, "images_per_s": ips}]
+
+        return self.sweep(variants, [stream], measure, extra)
+
     def base_row(self, label: str, choices: Choices, item: Item | None, extra: Mapping | None) -> dict:
         return {**workload_of(self.model), "variant": label, "preprocess": choices.preprocess,
                 "precision": choices.precision, "channels_last": choices.channels_last, "masks": choices.masks,
