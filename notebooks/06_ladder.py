@@ -34,7 +34,7 @@
 # | `+fold BN` | BatchNorm folded into the convolutions |
 # | `+bf16 weights` / `+fp16 weights` | backbone and neck kept entirely in the reduced dtype |
 # | `+compile` | backbone and neck through TorchInductor (fused convolution, add and ReLU; compiled on warm-up) |
-# | `+OpenVINO` | CPU: backbone, neck and RPN head converted to OpenVINO at the study's precision (chapter 07); the torch-only levers (channels_last, compile, bf16 weights) go; the `runtime` column says where each row ran |
+# | `+OpenVINO` | CPU: backbone, neck, RPN head and the RoI heads' convolutions and linears in OpenVINO at the study's precision (chapter 07); the torch-only levers (channels_last, compile, bf16 weights) go; the `runtime` column says where each row ran |
 # | `+300 proposals` | **changes results**: the RPN keeps 300 proposals instead of 1000 |
 #
 # The cases are the `cases` parameter (input size > model scale); the study runs a 1333x800 input at 1333x800 and

@@ -21,8 +21,9 @@
 # |---|---|
 # | `stock`, `stock (A/A)` | mmdet 3.3 in eager PyTorch, fp32 |
 # | `torch auto (eager)`, `torch auto (compiled)` | the library's own levers (`Choices.auto`): bf16 autocast where the CPU has bf16 instructions, channels_last, raw masks, threaded RoIAlign; then TorchInductor for backbone and neck |
-# | `ov fp32`, `ov bf16`, `ort fp32` | the staged pipeline with backbone, neck and RPN head converted to OpenVINO or ONNX Runtime (`Choices(runtime=...)`); NMS, box decoding, RoI heads and masks stay as in `stock` |
+# | `ov fp32`, `ov bf16`, `ort fp32` | the staged pipeline with backbone, neck, RPN head and the RoI heads' convolutions and linears converted to OpenVINO or ONNX Runtime (`Choices(runtime=...)`); RoIAlign, NMS, box decoding and masks stay as in `stock` |
 # | `ov auto (...)`, `ort auto (...)` | the same runtimes with the library's other levers on top |
+# | `ov int8 (changes results)` | the same parts in OpenVINO int8: NNCF post-training quantization calibrated on this case's images (what each part receives from them in fp32); the rest of each part in bf16 where the CPU has it |
 # | `mmdeploy → ...` | the whole model as a user deploys it: mmdeploy 1.3.1's end-to-end export, run in ONNX Runtime or OpenVINO, with mmdeploy's own pre-processing and full-image mask paste (stage `graph` is everything from backbone to mask logits) |
 #
 # OpenVINO's CPU plugin runs bf16 by default on a CPU with AVX-512 BF16 or AMX, so the fp32 rows set
@@ -89,7 +90,9 @@ first = stats.ratio_table(rows[rows["case"] == cases[0]], peers.BASE, aa=peers.A
 stats.glue_markdown("rt_findings", stats.table_findings(first, peers.BASE, "end to end"))
 stats.glue_markdown("rt_versus", stats.findings_markdown(
     f"{r['staged fastest']} against {r['deployed fastest']} ({p}): {r['text']}" for p, r in versus[cases[0]].iterrows()))
-ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
+int8 = peers.int8_versus(rows[rows["case"] == cases[0]])
+ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"],
+        rt_int8="no int8 row ran" if int8 is None else int8["text"])
 
 # %% [markdown]
 # ## Serving many images: throughput mode
@@ -114,6 +117,9 @@ stats.glue_markdown("rt_throughput", stats.findings_markdown(
 # The staged pipeline against the whole model deployed with mmdeploy, at each precision:
 #
 # {glue:md}`rt_versus`
+#
+# int8 against `ov bf16` on the converted stages (backbone to `roi_mask`): {glue:text}`rt_int8`; its agreement
+# with `stock` is in the table above (it changes results).
 #
 # Serving a stream of images, throughput mode against latency mode on the same graph:
 #

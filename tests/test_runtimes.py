@@ -1,9 +1,11 @@
-"""Runtime backends: backbone, neck and RPN head convolutions in OpenVINO or ONNX Runtime, the rest unchanged."""
+"""Runtime backends: backbone, neck, RPN head convolutions and the RoI heads' box and mask heads in OpenVINO or
+ONNX Runtime (int8: OpenVINO with NNCF), the rest unchanged."""
 from __future__ import annotations
 
 import copy
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +89,123 @@ def test_fp32_agrees_with_torch(mask_rcnn, runtime, tiny_input):
         assert all(c["inference_precision"] == "f32" for p in parts for c in p.conversions)
 
 
+@pytest.mark.parametrize("runtime", CONVERTED)
+def test_roi_heads_convert_once_for_every_number_of_rois(mask_rcnn, runtime):
+    """Box head (N x 256 x 7 x 7 -> cls_score, bbox_pred) and mask head (N x 256 x 14 x 14 -> N x C x 28 x 28):
+    one conversion with a dynamic N, fp32 within 1e-4 of torch; N == 0 never reaches the runtime."""
+    rh = mask_rcnn.roi_head
+    R.clear_cache(runtime)
+    g = torch.Generator().manual_seed(1)
+    for head, name, size in ((rh.bbox_head, "bbox_head", 7), (rh.mask_head, "mask_head", 14)):
+        m = R.RuntimeModule(head, runtime, "fp32", name, dynamic_batch=True)
+        for n in (3, 1, 7):
+            x = torch.randn(n, 256, size, size, generator=g)
+            with torch.no_grad():
+                ref, got = head(x), m(x)
+            assert type(got) is type(ref) and [t.shape for t in flat(got)] == [t.shape for t in flat(ref)]
+            assert relative_error(tuple(flat(ref)), tuple(flat(got))) < 1e-4
+        assert len(m.conversions) == 1 and m.conversions[0]["shape"] == f"Nx256x{size}x{size}"
+        assert m.is_converted(torch.zeros(40, 256, size, size))  # the key holds N as dynamic
+        with torch.no_grad():
+            empty = m(torch.zeros(0, 256, size, size))
+        expect = [(0, 81), (0, 320)] if name == "bbox_head" else [(0, 80, 28, 28)]
+        assert [tuple(t.shape) for t in flat(empty)] == expect and len(m.conversions) == 1
+        other = R.RuntimeModule(head, runtime, "fp32", name, dynamic_batch=True)
+        with torch.no_grad():
+            other(torch.randn(5, 256, size, size))
+        assert other.conversions == []  # shared through the cache
+
+
+# -- int8: OpenVINO + NNCF post-training quantization -----------------------------------------------------------
+def _int8_checks(m, entry, samples: int, given: bool):
+    c = m.conversions[-1]
+    assert c["precision"] == "int8" and c["calibration_samples"] == samples
+    assert c["calibration"] == ("given" if given else "first call")
+    assert c["quantized_ops"] > 0 and c["int8_ops"] > 0  # FakeQuantize in the ov.Model, u8/i8 in the compiled one
+    assert R.int8_ops(entry.native) == c["int8_ops"]
+    assert c["inference_precision"] == ("bf16" if cpu_has_bf16() else "f32")  # for the ops left unquantized
+
+
+def test_int8_roi_head_quantizes_with_its_calibration(mask_rcnn):
+    head = mask_rcnn.roi_head.mask_head
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 256, 14, 14, generator=g)
+    m = R.RuntimeModule(head, "openvino", "int8", "mask_head", dynamic_batch=True)
+    assert m.set_calibration([torch.randn(n, 256, 14, 14, generator=g) for n in (4, 9, 2)]) == 3
+    with torch.no_grad():
+        out, ref = m(x), head(x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    _int8_checks(m, m.compiled(x), samples=3, given=True)
+    with torch.no_grad():
+        m(torch.randn(11, 256, 14, 14, generator=g))
+    assert len(m.conversions) == 1  # any N: the same int8 model
+    key = m.key((x,))
+    m.set_calibration(m.calibration[:2])  # another calibration set: another model
+    assert m.key((x,)) != key and not m.is_converted(x)
+    first = R.RuntimeModule(head, "openvino", "int8", "mask_head", dynamic_batch=True)  # no calibration given
+    with torch.no_grad():
+        first(x)
+    _int8_checks(first, first.compiled(x), samples=1, given=False)
+
+
+def test_int8_static_part_calibrates_across_padded_shapes(mask_rcnn, tiny_input):
+    """Quantized once on a model with dynamic spatial dimensions (samples of every shape), then reshaped and
+    compiled per input shape."""
+    wide = torch_convs(mask_rcnn, tiny_input)[1]
+    tall = torch_convs(mask_rcnn, torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(3)))[1]
+    m = R.RuntimeModule(mask_rcnn.rpn_head, "openvino", "int8", "rpn_head")
+    m.set_calibration([wide, tall])
+    with torch.no_grad():
+        a = m(wide)
+        b = m(tall)
+    assert all(torch.isfinite(t).all() for t in flat(a) + flat(b))
+    assert [c["shape"].split(",")[0] for c in m.conversions] == ["1x256x16x24", "1x256x24x16"]
+    first, second = m.conversions
+    assert first["calibration_samples"] == second["calibration_samples"] == 2
+    assert first["quantize_s"] > 0 and not first["quantized_reused"]
+    assert second["quantized_reused"] and second["quantize_s"] == 0 and second["export_s"] == 0
+    _int8_checks(m, m.compiled(tall), samples=2, given=True)
+
+
+@pytest.mark.slow
+def test_int8_pipeline_calibrates_on_images_and_detects(mask_rcnn, images):
+    pipe = StagedPipeline(mask_rcnn, Choices(runtime="openvino", precision="int8"), "cpu")
+    assert pipe.choices.label() == "stock/int8/ov/full" and pipe.precision.name == "fp32"  # torch parts: fp32
+    counts = pipe.calibrate(images[:2])
+    assert counts == {k: 2 for k in ("backbone", "neck", "rpn_head", "bbox_head", "mask_head")}
+    assert pipe.conversion_costs() == []  # calibration runs torch
+    dets = pipe(images[0])
+    assert len(dets) > 0 and torch.isfinite(dets.scores).all() and torch.isfinite(dets.bboxes).all()
+    costs = pipe.conversion_costs()
+    assert [c["part"] for c in costs] == ["backbone", "neck", "rpn_head", "bbox_head", "mask_head"]
+    assert all(c["calibration_samples"] == 2 and c["int8_ops"] > 0 for c in costs)
+
+
+def test_int8_needs_openvino_and_nncf(monkeypatch, mask_rcnn):
+    c = Choices(precision="int8", runtime="openvino")  # validates
+    r = c.resolve("cpu", mask_rcnn)
+    assert (r.precision, r.runtime, r.channels_last) == ("int8", "openvino", False) and r.label() == "stock/int8/ov/full"
+    assert Choices.auto(precision="int8").resolve("cpu", mask_rcnn).runtime == "openvino"  # nothing to measure
+    assert Choices.auto().resolve("cpu", mask_rcnn).precision != "int8"  # auto never quantizes
+    with pytest.raises(InputError, match=r"precision 'int8' is post-training quantization in a runtime, not a torch "
+                                         r"precision: use runtime='openvino'"):
+        Choices(precision="int8").resolve("cpu", mask_rcnn)
+    with pytest.raises(InputError, match="runtime 'onnxruntime' runs precision fp32, not 'int8'"):
+        Choices(precision="int8", runtime="onnxruntime").resolve("cpu", mask_rcnn)
+    with pytest.raises(InputError, match="runtime 'onnxruntime' runs precision fp32, not 'int8'"):
+        R.RuntimeModule(mask_rcnn.rpn_head, "onnxruntime", "int8")
+    with pytest.raises(InputError, match="runs on the CPU only"):
+        Choices(precision="int8", runtime="openvino").resolve("cuda", mask_rcnn)
+    with pytest.raises(InputError, match="unknown precision 'int4'; choose from .*bf16-weights, int8"):
+        Choices(precision="int4")
+    assert StagedPipeline(mask_rcnn, STOCK, "cpu").calibrate(["unused"]) == {}  # nothing quantized: nothing to do
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(R.RuntimeMissingError, match="precision 'int8' needs nncf to quantize: pip install nncf"):
+        Choices(precision="int8", runtime="openvino").resolve("cpu", mask_rcnn)
+    with pytest.raises(R.RuntimeMissingError, match="pip install nncf"):
+        R.RuntimeModule(mask_rcnn.rpn_head, "openvino", "int8")
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no bf16 instructions (OpenVINO would run f32)")
 def test_openvino_bf16_agrees_softly(mask_rcnn, tiny_input):
     """As close to fp32 as torch's own bf16 autocast. Weights v2 (calibrated BatchNorms) amplify bf16 rounding: both
@@ -107,17 +226,23 @@ def test_pipeline_detections_agree_with_stock(mask_rcnn, image, stock_dets, runt
     R.clear_cache(runtime)
     pipe = StagedPipeline(mask_rcnn, Choices(runtime=runtime), "cpu")
     assert pipe.choices.label() == f"stock/fp32/{R.SHORT[runtime]}/full"
-    assert isinstance(pipe.model.backbone, R.RuntimeModule) and isinstance(pipe.model.rpn_head, R.RuntimeModule)
+    m, rh = pipe.model, pipe.model.roi_head
+    assert all(isinstance(p, R.RuntimeModule) for p in (m.backbone, m.rpn_head, rh.bbox_head, rh.mask_head))
+    assert rh.mask_head.dynamic_batch and not m.backbone.dynamic_batch
     assert not isinstance(mask_rcnn.backbone, R.RuntimeModule)  # the stock model is not touched
+    assert not isinstance(mask_rcnn.roi_head.mask_head, R.RuntimeModule)
     timer = StageTimer("cpu", clock=TickClock(), record_function=False)
     dets = pipe(image, timer)
-    assert {S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX} <= set(timer.times)  # stage ranges as before
+    assert {S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX, S.ROI_MASK} <= set(timer.times)  # stage ranges as before
     a = compare(stock_dets, dets)
     assert a.passes(box_iou=0.99) and a.score_diff_max < 1e-3, a
+    assert a.matched_ref == a.matched_test == 1.0 and len(dets) == len(stock_dets) > 0, a
     assert pipe.last_runtime == runtime
-    assert [c["part"] for c in pipe.conversion_costs()] == ["backbone", "neck", "rpn_head"]
+    costs = pipe.conversion_costs()
+    assert [c["part"] for c in costs] == ["backbone", "neck", "rpn_head", "bbox_head", "mask_head"]
+    assert [c["shape"] for c in costs[3:]] == ["Nx256x7x7", "Nx256x14x14"]
     pipe(image)
-    assert len(pipe.conversion_costs()) == 3  # the same padded shape: nothing converted again
+    assert len(pipe.conversion_costs()) == 5  # the same padded shape, any number of RoIs: nothing converted again
     assert StagedPipeline(mask_rcnn, STOCK, "cpu").conversion_costs() == []
 
 
@@ -138,6 +263,20 @@ def test_optimize_auto_measures_and_picks(monkeypatch, mask_rcnn, image, stock_d
     (shape, measured), = p.pipeline.runtime_measurements.items()
     assert measured["chosen"] == p.pipeline.last_runtime and set(measured) == {"chosen", *p.pipeline.parts}
     assert compare(stock_dets, dets).passes(box_iou=0.99)
+
+
+def test_auto_runs_the_roi_heads_in_the_runtime_that_won(monkeypatch, mask_rcnn, image, stock_dets):
+    monkeypatch.setattr(R, "pick", lambda key, runs, trials=None: ("onnxruntime", {}))
+    R.clear_cache("onnxruntime")
+    pipe = StagedPipeline(mask_rcnn, Choices(runtime="auto", precision="fp32"), "cpu")
+    rh = pipe.model.roi_head
+    torch_heads = (rh.bbox_head, rh.mask_head)
+    assert not any(isinstance(h, R.RuntimeModule) for h in torch_heads)
+    dets = pipe(image)
+    assert pipe.last_runtime == "onnxruntime" and (rh.bbox_head, rh.mask_head) == torch_heads  # swapped back
+    assert [c["part"] for c in pipe.conversion_costs()] == ["backbone", "neck", "rpn_head", "bbox_head", "mask_head"]
+    assert {c["runtime"] for c in pipe.conversion_costs()} == {"onnxruntime"}
+    assert compare(stock_dets, dets).matched_ref == 1.0
 
 
 class _FakeTime:

@@ -5,7 +5,9 @@ An optimization is a set of choices, never a fork of the pipeline. Every field a
 ``MEASURED`` is the exception: its "auto" is decided by measuring, at run time, by the field's own module
 (``preprocess="auto"`` times the candidates once per input shape, ``runtime="auto"`` times backbone, neck and RPN
 convolutions in each available runtime once per input shape), so ``resolve`` leaves it as it is.
-Each value is validated by its own module.
+Each value is validated by its own module. ``precision`` also takes a runtime's quantized precision (``int8``:
+OpenVINO's post-training quantization, ``runtimes.QUANTIZED``), checked by ``runtimes``; it needs a runtime that
+runs it, and ``runtime="auto"`` with it resolves to that runtime (there is no torch path to measure against).
 """
 from __future__ import annotations
 
@@ -15,19 +17,30 @@ from typing import Union
 import torch
 
 from . import masks, precision, preprocess, roi_align, runtimes
-from .checks import InputError
+from .checks import InputError, choice
 
 AUTO = "auto"
 Flag = Union[bool, str]  # True, False or "auto"
 #: Fields whose "auto" the field's module resolves by measuring at run time (see the module docstring).
 MEASURED = ("preprocess", "runtime")
+#: the quantized precisions some runtime runs (int8), beside the torch precisions
+QUANTIZED_PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(p for q in runtimes.QUANTIZED.values() for p in q))
 #: Each string field's variants, from its own module.
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "preprocess": preprocess.PREPROCESS_VARIANTS, "precision": precision.PRECISIONS,
+    "preprocess": preprocess.PREPROCESS_VARIANTS, "precision": precision.PRECISIONS + QUANTIZED_PRECISIONS,
     "masks": masks.MASK_VARIANTS, "roi_align": roi_align.ROI_ALIGN_IMPLS, "runtime": runtimes.RUNTIMES,
 }
 FLAGS = ("channels_last", "fold_bn", "compile")
-_CHECKS = {"preprocess": preprocess.check, "precision": precision.check, "masks": masks.check,
+
+
+def check_precision(name: str, device: str | torch.device | None = None) -> str:
+    """A torch precision (``precision.check``, against ``device``), or a runtime's quantized one (int8: which
+    runtime runs it is checked by ``runtimes.compatible`` in ``resolve``)."""
+    choice(name, VARIANTS["precision"], "precision")
+    return name if runtimes.is_quantized(name) else precision.check(name, device)
+
+
+_CHECKS = {"preprocess": preprocess.check, "precision": check_precision, "masks": masks.check,
            "roi_align": roi_align.check, "runtime": runtimes.check}
 
 
@@ -69,7 +82,8 @@ class Choices:
         CPU, mmcv's on CUDA. runtime: "torch" where a torch-only lever is asked for (CUDA, fp16, the *-weights
         precisions, channels_last or compile on) or only torch is installed, else left "auto" (measured, see
         ``runtimes``); a non-torch runtime turns channels_last and compile off ("auto") or refuses them (given),
-        and is checked against the device, the precision and what is installed.
+        and is checked against the device, the precision and what is installed. precision "int8" (never chosen by
+        "auto": it changes results) needs runtime "openvino"; runtime "auto" with it becomes "openvino".
         """
         from .environment import cpu_has_bf16
 
@@ -79,7 +93,7 @@ class Choices:
         c = self
         if c.precision == AUTO:
             c = c.replace(precision="fp16" if cuda else "bf16" if cpu_has_bf16() else "fp32")
-        precision.check(c.precision, dev)
+        check_precision(c.precision, dev)
         c = c._resolve_runtime(dev)
         if c.channels_last == AUTO:
             c = c.replace(channels_last=c.precision != "fp32" and c.runtime in (runtimes.TORCH, AUTO))
@@ -97,6 +111,10 @@ class Choices:
 
     def _resolve_runtime(self, dev: torch.device) -> "Choices":
         c = self
+        if runtimes.is_quantized(c.precision):
+            if c.runtime == AUTO:  # nothing to measure: only a runtime runs it
+                c = c.replace(runtime=runtimes.runs(c.precision)[0])
+            runtimes.compatible(c.runtime, dev, c.precision)  # int8 with torch or ONNX Runtime: a clear error
         torch_only = (dev.type != "cpu" or c.precision.startswith("fp16") or c.precision.endswith("-weights")
                       or c.channels_last is True or c.compile is True)
         if c.runtime == AUTO:
@@ -111,6 +129,8 @@ class Choices:
                 raise InputError(f"{name} is a torch lever: it does not apply with runtime={c.runtime!r} "
                                  "(converted parts take fp32 NCHW inputs); turn it off or use runtime='torch'")
         runtimes.load(c.runtime)  # installed, or an error naming the pip package
+        if runtimes.is_quantized(c.precision):
+            runtimes.load_quantizer(c.precision)  # int8: NNCF installed, or an error naming it
         return c.replace(channels_last=False, compile=False)
 
     def label(self) -> str:

@@ -98,10 +98,11 @@ def parser() -> argparse.ArgumentParser:
 
 def check(args) -> list[str]:
     """Everything the user gave that can be checked before any work; returns the images."""
-    from . import precision, runtimes
+    from . import runtimes
     from .choices import AUTO
     from .models import load_config
     from .pipeline import load_image
+    from .choices import check_precision
     from .timing import resolve_device
 
     load_config(args.config)  # an unknown config or a detector the pipeline cannot split: one line
@@ -113,7 +114,7 @@ def check(args) -> list[str]:
         raise checks.InputError(str(e)) from None
     for p in _list(args.precision):
         if p != AUTO:
-            precision.check(p, dev)  # e.g. fp16 without CUDA, before any model is built
+            check_precision(p, dev)  # e.g. fp16 without CUDA, before any model is built
     for r in _list(args.runtime):
         if r not in (AUTO, runtimes.TORCH):
             runtimes.compatible(r, dev)  # e.g. openvino on CUDA, or not installed, before any model is built

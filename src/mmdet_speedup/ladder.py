@@ -54,7 +54,8 @@ def levers(device: str | torch.device) -> list[tuple[str, dict]]:
     ``+precision`` is the precision a study compares with fp32 on the device (``precision.studied``: fp16 on CUDA,
     bf16 on a CPU whether or not it has bf16 instructions); the RoIAlign rungs exist on the CPU only (on CUDA mmcv's
     kernel stays); the weights rung is named after that precision (``+bf16 weights`` or ``+fp16 weights``); the last
-    rung (CPU only) runs backbone, neck and RPN head in OpenVINO at that precision (``runtimes``), dropping the
+    rung (CPU only) runs backbone, neck, RPN head and the RoI heads' dense layers in OpenVINO at that precision
+    (``runtimes``), dropping the
     torch-only levers (channels_last, compile, the weights precision) of the path below it.
     """
     low = precision.studied(device)
@@ -65,7 +66,7 @@ def levers(device: str | torch.device) -> list[tuple[str, dict]]:
     out += [("+fold BN", dict(fold_bn=True)), (f"+{low} weights", dict(precision=f"{low}-weights")),
             (COMPILE, dict(compile=True))]
     if torch.device(device).type == "cpu":
-        # backbone, neck and RPN head in OpenVINO at the study's precision; the torch-only levers go
+        # the convolutional stages and RoI heads in OpenVINO at the study's precision; the torch-only levers go
         out.append((OPENVINO, dict(runtime="openvino", precision=low, channels_last=False, compile=False)))
     return out
 
@@ -257,7 +258,7 @@ def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
 def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str]) -> pd.DataFrame:
     """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for
     every mask as RLE), the speed-up against ``stock`` with and without it, the speed-up's 95% interval (``lo``,
-    ``hi``, over ``n`` repeats) and verdict held to the A/A floor, the runtime of backbone, neck and RPN head
+    ``hi``, over ``n`` repeats) and verdict held to the A/A floor, the runtime of the converted parts
     (``runtime``, where recorded), the workload each row ran (median NMS inputs and
     detections out), its agreement with ``stock`` (mean over images; empty where not checked) and what that
     agreement says (``results``: exact, preserves results or changes results, ``stats.preservation``).
@@ -270,7 +271,7 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     t["speed-up with rle"] = t.loc[BASE, "total + rle"] / t["total + rle"]
     t = t.join(ratio_table(rows, BASE, aa=AA if AA in set(rows["variant"]) else None)[["lo", "hi", "n", "verdict"]])
     t = t.join(rows.groupby("variant")[WORKLOAD].median())
-    if "runtime" in rows:  # where backbone, neck and RPN head ran (the rest is torch)
+    if "runtime" in rows:  # where backbone, neck, RPN head and RoI heads ran (RoIAlign, NMS, masks: torch)
         t["runtime"] = rows.groupby("variant")["runtime"].first()
     agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
     t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +26,9 @@ from .profiler import Built
 
 BASE, AA = "stock", "stock (A/A)"
 EAGER_BEST, COMPILED_BEST = "torch auto (eager)", "torch auto (compiled)"
+INT8 = "ov int8 (changes results)"
+#: The stages a runtime converts (backbone, neck, RPN head, and the RoI heads' convolutions and linears).
+CONVERTED = ("backbone", "neck", "rpn", "roi_bbox", "roi_mask")
 DEPLOYED_PREFIX = "mmdeploy → "
 
 
@@ -134,27 +138,53 @@ def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
                                       "verdict", "text"]).set_index("precision")
 
 
+INT8_CHOICES = STOCK.replace(runtime="openvino", precision="int8")
+
+
+def int8_pipeline(model, images: Sequence, device) -> StagedPipeline:
+    """OpenVINO int8 for the converted parts (NNCF post-training quantization), calibrated on ``images``: what each
+    part receives from them in fp32 (``StagedPipeline.calibrate``)."""
+    pipe = StagedPipeline(model, INT8_CHOICES, device)
+    pipe.calibrate(images)
+    return pipe
+
+
+def int8_versus(rows: pd.DataFrame, against: str = "ov bf16") -> pd.Series | None:
+    """The int8 row against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict; None
+    when either row is missing."""
+    from .stats import ratio_table
+
+    ok = rows[rows["status"] == "ok"]
+    if not {INT8, against} <= set(ok["variant"]):
+        return None
+    stages = [s for s in CONVERTED if s in set(ok["stage"])]
+    return ratio_table(ok[ok["variant"].isin([against, INT8])], against, stages=stages).loc[INT8]
+
+
 def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[str, Any]:
     """One case of the runtimes chapter, recorded through ``ch`` (a ``book.Chapter``): mmdeploy's export, one
     interleaved sweep of the staged and deployed rows, their first-call costs (table ``07_runtimes_first_call``)
     and their agreement with ``stock`` (``07_runtimes_equivalence``). Returns what the sweep traded (repeats),
     the export and the first-call table."""
-    from functools import partial
-
     from .ladder import split_case
     from .optimize import Predictor
     from .profiler import repeats_sentence
 
     size, scale = split_case(case)
     samples, model = ch.samples(size), ch.model(scale=scale)
+    images = [s.data for s in samples]
     deployed, export = deployed_rows(model, samples[0].data, bf16=bf16)
+    if torch.device(ch.device).type == "cpu" and runtimes.available(runtimes.OPENVINO):
+        deployed[INT8] = Built(partial(int8_pipeline, model, images, ch.device), INT8_CHOICES)
     prof = ch.profiler(model)
     prof.run({**staged, **deployed}, samples, {"case": case})
     first = first_call_costs(prof.built, export["export_s"]).reset_index().assign(case=case)
     ch.record(f"{ch.name}_first_call", first)
     makers = {label: partial(Predictor, model, c, ch.device) for label, c in staged.items()}
     makers |= {label: partial(lambda b: DeployedPredictor(b.make(), StagedPipeline(model)), b)
-               for label, b in deployed.items()}
+               for label, b in deployed.items() if label != INT8}
+    if INT8 in deployed:
+        makers[INT8] = partial(lambda: DeployedPredictor(int8_pipeline(model, images, ch.device), StagedPipeline(model)))
     ch.equivalence(f"{ch.name}_equivalence", makers, [s.data for s in samples], case=case)
     return {"traded": repeats_sentence(prof.last_repeats), "export": export, "first_call": first.set_index("row")}
 

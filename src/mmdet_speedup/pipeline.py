@@ -173,10 +173,14 @@ class StagedPipeline:
     are resolved for the device and model (``Choices.resolve``); choices that change the model (precision,
     channels_last, BatchNorm folding, RoIAlign, compile, runtime) work on the pipeline's own copy of it.
 
-    A non-torch ``runtime`` replaces backbone, neck and RPN head of that copy with ``runtimes.RuntimeModule``s
-    (converted on the first call per input shape, inside their own stage ranges); ``runtime="auto"`` keeps the
-    torch modules and one set of runtime modules per candidate, and measures them on the first input of each
-    shape (``runtimes.pick``, outside the stage ranges) before ``backbone``.
+    A non-torch ``runtime`` replaces backbone, neck, RPN head and the RoI heads' box and mask heads of that copy
+    with ``runtimes.RuntimeModule``s (converted on the first call per input shape, the RoI heads once for every
+    number of RoIs, inside their own stage ranges; RoIAlign, NMS and box decoding stay in torch);
+    ``runtime="auto"`` keeps the torch modules and one set of runtime modules per candidate, measures backbone,
+    neck and RPN convolutions on the first input of each shape (``runtimes.pick``, outside the stage ranges)
+    before ``backbone``, and runs the RoI heads in the runtime that won. ``precision="int8"`` (OpenVINO) quantizes
+    the converted parts with the inputs ``calibrate(images)`` recorded (else each part's first input) and runs
+    what stays in torch in fp32.
     """
 
     def __init__(self, model, choices: Choices = STOCK, device: str | torch.device = "auto") -> None:
@@ -185,7 +189,8 @@ class StagedPipeline:
         self.device = resolve_device(device)
         self.choices = c = choices.resolve(self.device, model)
         self.model = clone(model) if c.changes_model() else model
-        self.precision = Precision(c.precision, self.device)
+        #: what runs in torch: int8 is the runtime's (the torch parts run fp32 around it)
+        self.precision = Precision("fp32" if runtimes.is_quantized(c.precision) else c.precision, self.device)
         apply(self.model, self.precision, channels_last=c.channels_last, fold_bn=c.fold_bn)
         swap_roi_align(self.model.roi_head, c.roi_align)
         if c.compile:
@@ -205,16 +210,34 @@ class StagedPipeline:
 
     # -- runtimes ---------------------------------------------------------------------------------------------
     def _runtime_parts(self, runtime: str) -> dict[str, dict[str, Any]]:
-        """Per runtime, the modules that run backbone, neck and RPN head (the model's own for torch)."""
-        m = self.model
-        own = {"backbone": m.backbone, "neck": m.neck if m.with_neck else None, "rpn_head": m.rpn_head}
+        """Per runtime, the modules that run backbone, neck, RPN head, box head and mask head (the model's own for
+        torch; None where the model has none). The RoI heads convert with a dynamic number of RoIs."""
+        m, rh = self.model, self.model.roi_head
+        own = {"backbone": m.backbone, "neck": m.neck if m.with_neck else None, "rpn_head": m.rpn_head,
+               "bbox_head": rh.bbox_head, "mask_head": rh.mask_head if getattr(rh, "with_mask", False) else None}
         names = runtimes.candidates(self.device, self.choices.precision) if runtime == AUTO else (runtime,)
-        parts = {r: {k: runtimes.wrap(v, r, self.choices.precision, k) for k, v in own.items()} for r in names}
+        parts = {r: {k: runtimes.wrap(v, r, self.choices.precision, k, dynamic_batch=k in runtimes.ROI_PARTS)
+                     for k, v in own.items()} for r in names}
         if runtime not in (runtimes.TORCH, AUTO):  # the model copy itself runs the runtime's parts
             for k, v in parts[runtime].items():
                 if v is not None:
-                    setattr(m, k, v)
+                    setattr(rh if k in runtimes.ROI_PARTS else m, k, v)
         return parts
+
+    @contextlib.contextmanager
+    def _roi_heads(self, runtime: str) -> Iterator[None]:
+        """The model's box and mask heads are ``runtime``'s while open (``auto``: the runtime that computed the
+        features; a chosen runtime's are the model's already, so nothing changes)."""
+        rh = self.model.roi_head
+        want = {k: v for k, v in self.parts.get(runtime, {}).items() if k in runtimes.ROI_PARTS and v is not None}
+        saved = {k: getattr(rh, k) for k, v in want.items() if getattr(rh, k) is not v}
+        for k in saved:
+            setattr(rh, k, want[k])
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                setattr(rh, k, v)
 
     def modules_for(self, runtime: str) -> dict[str, Any]:
         """Backbone, neck (None without one) and RPN head for ``runtime``: torch's are the model's own (with a
@@ -246,10 +269,21 @@ class StagedPipeline:
                 x = p["neck"](x)
             return p["rpn_head"](tuple(x))
 
+    def runtime_modules(self) -> list[runtimes.RuntimeModule]:
+        """Every ``runtimes.RuntimeModule`` this pipeline holds (all candidates' under ``auto``), in part order."""
+        return runtimes.runtime_modules([m for parts in self.parts.values() for m in parts.values()])
+
     def conversion_costs(self) -> list[dict]:
         """Every conversion to a non-torch runtime this pipeline's parts made (first-call cost: export and
-        compile seconds, RSS growth), in order; empty for torch."""
-        return runtimes.conversions([m for parts in self.parts.values() for m in parts.values()])
+        compile seconds, RSS growth; int8: quantization seconds and calibration samples), in part order; empty for
+        torch."""
+        return runtimes.conversions(self.runtime_modules())
+
+    def calibrate(self, images, limit: int | None = None) -> dict[str, int]:
+        """int8: record what each quantized part receives over ``images`` (the whole pipeline run in fp32 torch)
+        and quantize with it from the next conversion on (``runtimes.calibrate``); samples per part, {} when
+        nothing here is quantized."""
+        return runtimes.calibrate(self, images, limit)
 
     @torch.no_grad()
     def __call__(self, image: ImageLike, timer=None) -> Detections:
@@ -299,12 +333,12 @@ class StagedPipeline:
     @torch.no_grad()
     def boxes(self, feats: Features, metas: list[dict], proposals: list, timer=NULL):
         """The box head and its NMS: one image's results (boxes rescaled here only when there are no masks)."""
-        with timer.stage(S.ROI_BBOX):
+        with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime):
             return self._predict_bbox(feats.roi, metas, proposals, timer)[0]
 
     @torch.no_grad()
     def mask_logits(self, feats: Features, results, meta: dict, timer=NULL) -> MaskInputs:
-        with timer.stage(S.ROI_MASK):
+        with timer.stage(S.ROI_MASK), self._roi_heads(feats.runtime):
             return MaskInputs(self._mask_forward(feats.roi, results, meta, timer), results, meta)
 
     @torch.no_grad()
@@ -349,7 +383,8 @@ class StagedPipeline:
             return self.heads(inputs, samples)[1]
 
     def _head(self, kind: str, parent: str, timer):
-        """One RoI head forward, under autocast and cast back to fp32; a cascade stage gets its own range."""
+        """One RoI head forward, under autocast and cast back to fp32; a cascade stage gets its own range. The
+        box and mask heads are whichever the model holds (``_roi_heads``: a runtime's, or torch's)."""
         rh, prec = self.model.roi_head, self.precision
         fwd = rh._bbox_forward if kind == "bbox" else rh._mask_forward
         keys = ("cls_score", "bbox_pred") if kind == "bbox" else ("mask_preds",)

@@ -59,7 +59,7 @@ def workload_of(model) -> dict:
 
 
 def _dtype_name(choices: Choices) -> str:
-    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[choices.precision.split("-")[0]]
+    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}[choices.precision.split("-")[0]]
 
 
 def rle_consumer(dets: Detections) -> list[dict]:

@@ -28,7 +28,7 @@ COUNTED: tuple[str, ...] = (S.BACKBONE, S.NECK, S.RPN)
 NOT_COUNTED = ("RPN NMS and box decoding (elementwise, data-dependent), BatchNorm, activations, biases, "
                "upsampling and additions in the FPN, RoIAlign (an mmcv/torchvision kernel)")
 #: dtype names the study uses (precision.PRECISIONS) mapped to the names peaks are keyed by.
-ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "bf16-weights": "bfloat16",
+ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "int8": "int8", "bf16-weights": "bfloat16",
            "fp16-weights": "float16"}
 
 
