@@ -65,7 +65,7 @@ done = {case: peers.run_case(ch, case, STAGED, bf16) for case in cases}
 
 # %% tags=["nbval-ignore-output"]
 rows, eq = ch.rows(), ch.rows("07_runtimes_equivalence")
-order = [*STAGED, *[v for v in dict.fromkeys(rows["variant"]) if v.startswith(peers.DEPLOYED_PREFIX)]]
+order = [*STAGED, *[v for v in dict.fromkeys(rows["variant"]) if v not in STAGED]]
 tables = ladder.case_tables(rows, eq, cases, order)
 for case, t in tables.items():
     print(f"case {case}: {done[case]['traded']}")
