@@ -189,8 +189,7 @@ def study_rows(results: Path | None = None, version: str | None = None) -> pd.Da
     frames = []
     for path in sorted(d.glob("*.csv")):
         head = pd.read_csv(path, nrows=0).columns
-        if not {"run_id", "notebook", "variant", "stage", "ms", "status"} <= set(head) or path.stem != path.stem.split(
-                "_equivalence")[0]:
+        if "_equivalence" in path.stem or not {"run_id", "notebook", "variant", "stage", "ms", "status"} <= set(head):
             continue
         df = load_rows(path)
         df = df[df["benchmark_version"].astype(str) == version]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -321,15 +322,10 @@ class Profiler:
         from .loader import LOADING, throughput
 
         pipe = self.pipeline(choices)
-        first = load_image(sources[0])
-        stream = Stream(f"stream of {len(sources)}", list(sources), (first.shape[1], first.shape[0]))
-
-        def measure(label, pipe, choices, stream, rep) -> list[dict]:
-            ips = throughput(lambda: LOADING[label](pipe, stream.sources, depth=depth, workers=workers),
-                             len(stream.sources), pipe.device)
-            return [{"stage": S.TOTAL, "ms": 1e3 / ips, "images_per_s": ips}]
-
-        return self.sweep({label: choices for label in LOADING}, [stream], measure, extra, build=lambda _: pipe)
+        runs = {label: Built(lambda fn=fn: partial(fn, pipe, depth=depth, workers=workers), pipe.choices)
+                for label, fn in LOADING.items()}
+        return self.run_stream(runs, sources, lambda run, images: throughput(lambda: run(images), len(images),
+                                                                             pipe.device), extra)
 
     def run_stream(self, variants: Mapping[str, Choices | Built], sources: Sequence[ImageLike],
                    images_per_s: Callable[[Any, list], float], extra: Mapping | None = None) -> pd.DataFrame:
