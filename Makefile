@@ -12,6 +12,8 @@ unexport MPLBACKEND
 # SIZE=ci: a quick look (every chapter at CI size, a few minutes) into _build/quick/, apart from the study.
 SIZE ?= study
 CHAPTERS ?=
+# DEVICE=cuda: every chapter on the GPU into its own run set (book/executed-cuda/); rows to the same CSVs.
+DEVICE ?= cpu
 RUN := $(PY) scripts/run_study.py
 
 # Set-up is keyed on the files that define it: a second run costs seconds.
@@ -22,7 +24,7 @@ $(STAMP): requirements.txt pyproject.toml scripts/build_mmcv.sh scripts/setup.sh
 setup: $(STAMP)
 
 study: setup
-	$(RUN) study
+	$(RUN) study --device $(DEVICE)
 
 # CI-size reference copies for nbval (tests/nbval/); rows go to a temp folder.
 nbval-refs: setup
@@ -35,10 +37,10 @@ html: setup
 # failed); `make book` still exits non-zero at the end. Ctrl-C stops at once and names the chapter.
 ifeq ($(SIZE),ci)
 book: setup
-	@rc=0; $(RUN) quick $(CHAPTERS) || rc=$$?; [ $$rc -eq 130 ] && exit 130; bash scripts/build_html.sh quick || rc=1; exit $$rc
+	@rc=0; $(RUN) quick $(CHAPTERS) --device $(DEVICE) || rc=$$?; [ $$rc -eq 130 ] && exit 130; bash scripts/build_html.sh quick || rc=1; exit $$rc
 else ifeq ($(SIZE),study)
 book: setup
-	@rc=0; $(RUN) study $(CHAPTERS) || rc=$$?; [ $$rc -eq 130 ] && exit 130; bash scripts/build_html.sh || rc=1; exit $$rc
+	@rc=0; $(RUN) study $(CHAPTERS) --device $(DEVICE) || rc=$$?; [ $$rc -eq 130 ] && exit 130; bash scripts/build_html.sh || rc=1; exit $$rc
 else
 book:
 	@echo "SIZE must be study (default) or ci, not '$(SIZE)'" >&2; exit 2

@@ -10,7 +10,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # # Pre-processing and normalization
 #
 # The seed's first finding: in mmdet 2.x the CPU resized, normalized and padded every image in float32 and
@@ -28,7 +28,7 @@
 # Stages compared: `preprocess` (host) + `data_preprocessor` (device step); `load` (JPEG decode) is shown
 # apart because no variant changes it.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 device = "auto"
 config = "mask-rcnn_r50_fpn_1x_coco"
 checkpoint = None
@@ -40,19 +40,19 @@ repeats = 2
 warmup = 0
 threads = 2
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import pandas as pd
 
 import mmdet_speedup as ms
-from mmdet_speedup import book
+from mmdet_speedup import book, findings
 from mmdet_speedup.preprocess import compare_inputs
 
 ch = book.Chapter("01_preprocess", globals())
 VARIANTS = {v: ms.Choices(preprocess=v) for v in ("legacy", "stock", "device", "auto")}
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 cases = [(size, scale) for size in input_sizes] + ([(seed_case, seed_case)] if seed_case else [])
 models = {s: ch.model(scale=s) for s in dict.fromkeys(s for _, s in cases)}  # one build per model scale
 for size, model_scale in cases:
@@ -63,11 +63,11 @@ for size, model_scale in cases:
 # Median wall time per image of `preprocess + data_preprocessor` (decode excluded), the CPU time the
 # process spent on it, and the bytes each path copies to the device.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 summary = ms.profiler.preprocess_summary(ch.rows())
 book.show_table(summary.drop(columns=["megapixels", "scale"]), 2)
 
-# %%
+# %% tags=["hide-input"]
 usual = summary[summary["scale"] == scale].reset_index()  # resized to the model's scale
 book.scaling_chart(usual, "megapixels", "pre_ms", "variant", title=f"Pre-processing cost on {ch.device.type}",
                    xlabel="input megapixels (the decoded photo)", ylabel="preprocess + data_preprocessor, ms (median)")
@@ -79,45 +79,40 @@ plt.show()
 # (uint8, no antialias) rounds differently from cv2's fixed-point one. Differences in grey levels
 # (one level is one unit of the 0-255 input):
 
-# %%
+# %% tags=["hide-input"]
 img = ms.load_image(ch.samples(input_sizes[-1], 1)[0].data)
 diffs = pd.DataFrame([compare_inputs(models[scale], img, v, ch.device) for v in ("legacy", "device")]).set_index("variant")
 ch.record("01_preprocess_inputs", diffs.reset_index())
 book.show_table(diffs, 3)
 
-# %% tags=["nbval-ignore-output"]
-big = summary.xs(f"{input_sizes[-1]} > {scale}")
-wall, best = big["pre_ms"], big["pre_ms"].drop("auto").min()
-ch.glue(pre_big_case=f"{input_sizes[-1]} > {scale}", pre_fastest_big=wall.idxmin(),
-        pre_legacy_over_stock_big=wall["legacy"] / wall["stock"], pre_device_over_best_big=wall["device"] / best,
-        pre_auto_over_best_big=wall["auto"] / best, pre_copy_ratio=big.loc["legacy", "MB copied"] / big.loc["device", "MB copied"],
-        pre_device_max_levels=diffs.loc["device", "max_levels"], pre_device_mean_levels=diffs.loc["device", "mean_levels"])
+# %% tags=["nbval-ignore-output", "remove-cell"]
+findings.glue_all(findings.preprocess(ch.rows(), summary, diffs, f"{input_sizes[-1]} > {scale}"))
 seed = ch.seed_table("pre-processing", "inference_fp16", "inference_fp16_preprocess")
 ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 
 # %% [markdown]
 # ## What to take away
 #
-# - At the largest case here ({glue:text}`pre_big_case`) the fastest path on this device is
-#   **{glue:text}`pre_fastest_big`**; `legacy` costs {glue:text}`pre_legacy_over_stock_big:.2f`x what
-#   `stock` costs, and `device` {glue:text}`pre_device_over_best_big:.2f`x the best of the three.
-# - The ranking depends on the device. On a GPU, `device` leaves only decoding on the host and copies uint8,
-#   {glue:text}`pre_copy_ratio:.1f`x fewer bytes than `legacy`'s float32 (the seed measured a
-#   {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its pre-processing at 3840x2304 on an RTX 3080,
-#   published figure). On a CPU there is no device to move work to, and cv2's SIMD resize and normalize
-#   are hard to beat with torch: say so before porting the seed's trick to a CPU deployment.
-# - `auto` measures once per input shape and keeps the winner (`stock` unless another path is clearly
-#   faster); it costs
-#   {glue:text}`pre_auto_over_best_big:.2f`x the best fixed choice here.
-# - `device` is not bit-identical: its input differs from `stock`'s by at most
+# Each path against `stock`, `preprocess + data_preprocessor` per image, with 95% bootstrap intervals over
+# repeats (with fewer than 3 repeats there is no verdict):
+#
+# {glue:md}`pre_findings`
+#
+# - `auto` measured the paths once per input shape and picked {glue:text}`pre_auto_chose`.
+# - `device` copies uint8, {glue:text}`pre_copy_ratio:.1f`x fewer bytes than `legacy`'s float32. On a GPU
+#   that is what the seed's trick saves (it measured a {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its
+#   pre-processing at 3840x2304 on an RTX 3080, published figure); on a CPU the same work stays on the same
+#   cores, in torch instead of cv2. Measure before porting the trick to a CPU deployment.
+# - `device` is not bit-identical: its input differs from `stock`'s by up to
 #   {glue:text}`pre_device_max_levels:.1f` grey levels (mean {glue:text}`pre_device_mean_levels:.3f`).
-#   With random weights that is enough to move some mask boundaries (see the ladder's agreement columns);
-#   agreement between random-weight models is not mAP.
-# - Decoding (`load`) is the part no variant touches; at 3840x2304 it is the larger cost (table above).
+#   With random weights that can move mask edges (see the ladder's agreement columns); agreement between
+#   random-weight models is not mAP.
+# - Decoding (`load`) is the part no variant touches; its median per image against `stock`'s
+#   pre-processing: {glue:text}`pre_load_vs_pre`.
 
 # %% [markdown]
 # ## Environment of this run
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 ch.end()

@@ -10,7 +10,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # # Reduced precision
 #
 # The seed ran the model under fp16 on an RTX 3080's TensorCores: its backbone went from 24.87 ms to
@@ -29,7 +29,7 @@
 # Box decoding, NMS, RoIAlign inputs and mask paste stay fp32 (a naive autocast over the whole model crashes
 # in mmcv's NMS on dtype); the tests check those dtype contracts with forward hooks.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 device = "auto"
 config = "mask-rcnn_r50_fpn_1x_coco"
 checkpoint = None
@@ -42,12 +42,12 @@ repeats = 3
 warmup = 1
 threads = 2
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 from functools import partial
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, roofline, stages as S, stats
+from mmdet_speedup import book, findings, roofline, stages as S, stats
 
 ch = book.Chapter("02_precision", globals())
 low = ms.precision.studied(ch.device)  # named, not "auto": studied even where the hardware lacks it
@@ -56,7 +56,7 @@ VARIANTS = {"fp32": C(), "fp32 (A/A)": C(), "fp32 +cl": cl(), low: C(precision=l
             f"{low} +cl +foldbn": cl(precision=low, fold_bn=True), f"{low}-weights +cl": cl(precision=f"{low}-weights"),
             f"{low}-weights +cl +foldbn": cl(precision=f"{low}-weights", fold_bn=True)}
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 model, samples = ch.model(), ch.samples(input_size)
 prof = ch.profiler(model)
 _ = prof.run(VARIANTS, samples)
@@ -66,15 +66,15 @@ ch.glue(prec_repeats=ms.profiler.repeats_sentence(prof.last_repeats))
 # ## Per stage
 # Median ms per image over {glue:text}`prec_repeats`; the convolutional stages are the ones precision can touch.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 table = ms.stage_table(ch.rows()).reindex(list(VARIANTS))
-book.show_table(table)
+book.show_table(table, columns=[S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX, S.ROI_MASK, S.TOTAL], full="Every stage")
 ratios = stats.ratio_table(ch.rows(), "fp32", stages=(S.BACKBONE, S.NECK), aa="fp32 (A/A)")
-book.show_table(ratios, 2)
+book.show_table(ratios.drop(columns="text"), 2)
 _ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, ratios)}, aa="fp32 (A/A)",
                         what="of backbone + neck against fp32")
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # `fp32 (A/A)` is `fp32` run a second time in the same sweep: the interval of its ratio is this run's noise
 # floor, and a verdict inside it is "no measurable difference". The second table gives each row's backbone +
 # neck speed-up over `fp32` with its 95% bootstrap interval (paired by repeat) and verdict.
@@ -84,66 +84,57 @@ _ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, r
 # matrix-multiply peak of the dtype each row computes in, measured on this machine by a micro-benchmark and
 # recorded in the run's environment record.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 peaks = roofline.measure_peaks(ch.device.type)
 ch.record_environment(roofline_peaks=peaks)
 flops = roofline.stage_flops(ms.StagedPipeline(model, device=ch.device), samples[0].data)
 print({k: round(v / 1e9, 1) for k, v in flops.items()}, "GFLOP;", peaks["matmul_gflops"], "GFLOP/s peak")
 book.show_table(roofline.percent_table(table, flops, peaks, {v: c.precision for v, c in VARIANTS.items()}), 1)
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## Agreement with fp32
 # Same inputs, stock fp32 model as reference: both sides matched by IoU and label, then box IoU, score
 # difference and mask IoU over matched pairs, the backbone features' relative error, and the largest
 # mask-probability difference before the threshold. Random weights: this is agreement, not mAP. A variant
 # that fails to build or run is an error row, and the others go on.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 eq = ch.equivalence("02_precision_equivalence", {label: partial(ms.Predictor, model, c, ch.device)
                                                  for label, c in VARIANTS.items()}, [s.data for s in samples])
 
-# %%
+# %% tags=["hide-input"]
 book.show_table(eq[["matched_ref", "matched_test", "box_iou_mean", "score_diff_max", "mask_iou_mean", "feature_rel_err",
                     "mask_prob_diff_max"]], 4)
 
-# %% tags=["nbval-ignore-output"]
-feat = table[S.BACKBONE] + table.get(S.NECK, 0)  # backbone + neck, per variant
-speedup, best, total = feat["fp32"] / feat, feat.drop(["fp32", "fp32 (A/A)"]).idxmin(), table[S.TOTAL]
-stats.glue_markdown("prec_findings", stats.table_findings(ratios, "fp32", "backbone + neck"))
-ch.glue(prec_low=low, prec_engine=ms.environment.matrix_engine(str(ch.device)), prec_best=best,
-        prec_feat_speedup_best=speedup[best], prec_feat_speedup_autocast=speedup[low],
-        prec_feat_speedup_cl=speedup[f"{low} +cl"], prec_total_speedup_best=total["fp32"] / total[best],
-        prec_best_box_iou=eq.loc[best, "box_iou_mean"], prec_best_feat_err=eq.loc[best, "feature_rel_err"],
-        prec_best_matched=eq.loc[best, ["matched_ref", "matched_test"]].min(), prec_best_verdict=ratios.loc[best, "text"])
+# %% tags=["nbval-ignore-output", "remove-cell"]
+findings.glue_all(findings.precision(ch.rows(), ratios, eq, low))
+ch.glue(prec_low=low, prec_engine=ms.environment.matrix_engine(str(ch.device)))
 
-# %%
+# %% tags=["remove-cell"]
 seed = ch.seed_table("backbone", "inference", "inference_fp16")
 ch.glue(prec_seed_backbone=seed.loc["1333x800", "seed speed-up (published)"])
 
 # %% [markdown]
 # ## What to take away
 #
-# Every row against `fp32`, backbone + neck:
+# Every row against `fp32`, backbone + neck, held to the A/A floor:
 #
 # {glue:md}`prec_findings`
 #
-# - Backbone + neck: autocast {glue:text}`prec_low` alone is {glue:text}`prec_feat_speedup_autocast:.2f`x
-#   fp32, with channels_last {glue:text}`prec_feat_speedup_cl:.2f`x, and the row with the lowest median here
-#   (**{glue:text}`prec_best`**) is {glue:text}`prec_best_verdict`. The seed's fp16 backbone (with
-#   the neck inside) was {glue:text}`prec_seed_backbone:.2f`x on its GPU (published figure).
-# - On a CPU, reduced precision without channels_last buys little: oneDNN's bf16 convolutions want NHWC,
-#   and autocast re-casts around every BatchNorm. Folding BatchNorm and keeping the whole backbone in the
-#   reduced dtype remove most of what autocast leaves behind.
-# - The whole model gains {glue:text}`prec_total_speedup_best:.2f`x: the RoI heads, NMS and RoIAlign
-#   run in fp32 (RoIAlign on 1000 proposals is next in line, see the ladder).
-# - Agreement of the best row with fp32: {glue:text}`prec_best_matched:.3f` of detections matched both
-#   ways, box IoU {glue:text}`prec_best_box_iou:.4f`, backbone feature relative error
-#   {glue:text}`prec_best_feat_err:.4f`. That is agreement with random weights, not mAP: give a real
+# Each lever on top of the one before:
+#
+# {glue:md}`prec_steps`
+#
+# - The seed's fp16 backbone (with the neck inside) was {glue:text}`prec_seed_backbone:.2f`x on its GPU
+#   (published figure, a different machine: compare ratios only).
+# - Agreement of `{glue:text}`prec_pick`` with fp32: {glue:text}`prec_pick_matched:.3f` of detections
+#   matched both ways, box IoU {glue:text}`prec_pick_box_iou:.4f`, backbone feature relative error
+#   {glue:text}`prec_pick_feat_err:.4f`. That is agreement with random weights, not mAP: give a real
 #   checkpoint and COCO annotations to get AP.
 
 # %% [markdown]
 # ## Environment of this run
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 ch.end()

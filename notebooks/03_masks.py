@@ -10,7 +10,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # # Mask post-processing: full-image paste versus raw or box-local masks
 #
 # Mask R-CNN's mask head predicts a 28x28 probability map per detection (14x14 on C4 models). Turning it
@@ -28,7 +28,7 @@
 # `raw` is not allowed to hide its cost: a consumer that asks for the COCO RLE of every instance is timed
 # too (`consumer.rle`). Only `mask_postprocess` is timed here, on logits captured once per case.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 device = "auto"
 config = "mask-rcnn_r50_fpn_1x_coco"
 checkpoint = None
@@ -43,16 +43,16 @@ repeats = 1
 warmup = 0
 threads = 2
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import matplotlib.pyplot as plt
 
-from mmdet_speedup import book, masks, models
+from mmdet_speedup import book, findings, masks, models
 
 ch = book.Chapter("03_masks", globals())
 MASKS = {v: v for v in masks.MASK_VARIANTS}
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 prof = ch.profiler(ch.model(dets=dets_for_sizes))
 for size in input_sizes:
     prof.run_masks(MASKS, ch.samples(size), extra={"sweep": "size"})
@@ -66,7 +66,7 @@ for n in dets_list:
 # Below, `mask_postprocess` against image area and against detections, and the memory held against image area
 # (`full` and `legacy` both hold N x H x W booleans: their memory lines coincide).
 
-# %%
+# %% tags=["hide-input"]
 summary = masks.sweep_summary(ch.rows())
 by_size = summary[summary["dets_per_image"] == dets_for_sizes]
 _, axes = plt.subplots(1, 3, figsize=(14, 4), layout="tight")
@@ -81,36 +81,37 @@ _ = book.scaling_chart(by_size, "megapixels", "MB held", "variant", axes[2], tit
 # `raw` defers the paste; a consumer that wants every mask as COCO RLE pays it then. Median ms per image
 # of `mask_postprocess`, of the RLE consumer, and of both together:
 
-# %%
+# %% tags=["hide-input"]
 big = input_sizes[-1]
 book.show_table(masks.consumer_bill(summary, big, dets_for_sizes), 2)
 
-# %% [markdown]
-# The seed's published figures for the same step on its GPU, before and after raw masks:
-
-# %%
+# %% tags=["remove-cell"]
 seed = ch.seed_table("mask post-processing", "inference_fp16_preprocess", "inference_raw_mask")
+findings.glue_all(findings.masks(ch.rows(), big))
 ch.glue(mask_big=big, mask_dets=dets_for_sizes, mask_seed_4k=seed.loc["3840x2304", "seed speed-up (published)"],
-        **{f"mask_{k}": v for k, v in masks.findings(summary, big, dets_for_sizes).items()})
+        **{f"mask_{k}": v for k, v in masks.findings(summary, big, dets_for_sizes).items() if k.startswith("mem")})
 
 # %% [markdown]
 # ## What to take away
 #
-# - At {glue:text}`mask_big` with {glue:text}`mask_dets` detections, `raw` post-processing is
-#   {glue:text}`mask_raw_vs_legacy:.0f`x faster than `legacy` and {glue:text}`mask_raw_vs_full:.0f`x faster
-#   than `full` (the seed saw {glue:text}`mask_seed_4k:.0f`x on its GPU, published figure); `box` is
-#   {glue:text}`mask_box_vs_full:.1f`x faster than `full`.
-# - Memory follows the same rule: full masks hold {glue:text}`mask_mem_full_mb:.0f` MB per image here,
-#   box-local ones {glue:text}`mask_mem_box_mb:.1f` MB, raw ones {glue:text}`mask_mem_raw_mb:.2f` MB.
-# - `raw` moves the cost, it does not remove it: a consumer that RLE-encodes every instance pays the paste
-#   later. With that consumer, `full` + RLE costs {glue:text}`mask_raw_rle_vs_full_rle:.2f`x what `raw` +
-#   RLE costs (the lazy masks encode RLE from the box-local paste and never build an image-sized array).
-#   Ask what your consumer needs: boxes and scores only (tracking, counting) never pay the paste at all.
-# - Full-image paste scales with image area x detections; box-local paste with box area; raw with neither.
+# At {glue:text}`mask_big` with {glue:text}`mask_dets` detections, with 95% bootstrap intervals over repeats
+# (with fewer than 3 repeats there is no verdict):
+#
+# {glue:md}`mask_findings`
+#
+# - The seed measured {glue:text}`mask_seed_4k:.0f`x for raw masks against mmdet 2.x's paste at 3840x2304 on
+#   its GPU (published figure; its baseline is our `legacy`).
+# - Memory the results hold per image here: full masks {glue:text}`mask_mem_full_mb:.0f` MB, box-local ones
+#   {glue:text}`mask_mem_box_mb:.1f` MB, raw ones {glue:text}`mask_mem_raw_mb:.2f` MB.
+# - `raw` moves the cost of the paste to whoever asks for it: the RLE row above is that bill (the lazy masks
+#   encode RLE from the box-local paste and never build an image-sized array). A consumer that needs boxes
+#   and scores only (tracking, counting) never pays it.
+# - By construction, a full-image paste writes H x W pixels per detection, a box-local paste its box's area,
+#   raw masks neither; the charts show how each grows with image size and detections here.
 
 # %% [markdown]
 # ## Environment of this run
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 ch.end()

@@ -10,7 +10,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # # The end-to-end ladder
 #
 # The seed's table, rebuilt: each rung adds one optimization to the best path below it, per stage, with the
@@ -46,7 +46,7 @@
 # {glue:text}`lad_engine`. The row is measured even where the hardware lacks it (`Choices.auto()` would then
 # keep fp32), so on such a machine the rows from `+precision` down pay for emulation.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 device = "auto"
 config = "mask-rcnn_r50_fpn_1x_coco"
 checkpoint = None
@@ -62,18 +62,18 @@ sweep_budget_s = None
 warmup = 0
 threads = 2
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import pandas as pd
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, ladder, roofline, stages as S, stats
+from mmdet_speedup import book, findings, ladder, roofline, stages as S, stats
 
 ch = book.Chapter("06_ladder", globals())
 lad = ladder.Ladder(ch.device, fewer_proposals)  # the rows above, for this device
 traded, built = {}, {}
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 for case in cases:
     size, scale = ladder.split_case(case)
     samples, model = ch.samples(size), ch.model(scale=scale)
@@ -87,7 +87,7 @@ for case in cases:
     ch.profiler(fewer, consumer=True).run({lad.fewer: lad.choices[lad.path]}, samples, {"case": case})
     ch.equivalence("06_ladder_equivalence", lad.predictors(model, fewer), [s.data for s in samples], case=case)
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## The ladder, per stage
 # Median ms per image. `total` is timed around the whole inference, independently of the stages;
 # `consumer.rle` is a consumer asking for every mask as COCO RLE, outside `total`. `lo` and `hi` bound the
@@ -96,28 +96,28 @@ for case in cases:
 # both ways, matched box IoU averages at least 0.99 and mask IoU at least 0.95; *exact* when bit-identical;
 # otherwise it *changes results*. Under each table, every rung against the rung it was built on.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 rows = ch.rows()
 tables = lad.tables(rows, ch.rows("06_ladder_equivalence"), cases)
 for case, t in tables.items():
     print(f"case {case} (input > model scale)")
-    book.show_table(t, 2)
-    book.show_table(lad.verdicts(rows[rows["case"] == case]))
+    book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"], full="Per stage, workload, agreement")
+    book.show_table(lad.verdicts(rows[rows["case"] == case]), columns=["built on", "vs the rung below", "kept"], full="Against stock, and the pilot")
 
 # %% [markdown]
 # Do the stages account for the time? The sum of the top-level stage medians against the independently timed
 # `total` (the gap is timer overhead and Python glue between stages):
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 book.show_table(lad.per_case(rows, cases, ms.stage_gap), 1)
 print("total per image: median, p10, p90 over repeats, and n")
 book.show_table(lad.per_case(rows, cases, ladder.total_spread), 1)
 
-# %%
+# %% tags=["hide-input"]
 _ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case], "stock", aa=ladder.AA))
                          for case, t in tables.items()}, ladder.AA, S.STAGES + (S.CONSUMER_RLE,), "against stock")
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## How far can it go?
 # Two bounds per stage of the path, at each case: (a) the least median cost measured for that stage anywhere
 # in the study's recorded rows at this benchmark version, in any chapter, for the same model, input and
@@ -127,7 +127,7 @@ _ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case],
 # over 100 means the stage's kernels beat the measured matmul peak, so there the roof bounds nothing and no
 # bound is claimed. The speed-up bounds sum the stages on both sides.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 peaks = roofline.measure_peaks(ch.device.type)
 ch.record_environment(roofline_peaks=peaks)
 best = roofline.best_measured(book.study_rows())
@@ -139,56 +139,40 @@ for case, (model, image) in built.items():
     book.show_table(stage_bounds[case], 1)
 book.show_table(pd.DataFrame(bound_speedups).T, 2)
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## Next to the seed
 # The seed's RTX 3080 table (published) through the stage map in `data/reference/stage_map.csv` (its
 # `pre-processing` includes decoding, its `backbone` the neck, its `roi_head` the mask stages): speed-up of
 # each stage from the first row to the last, theirs and ours (ours from `legacy`, like theirs).
 
-# %%
+# %% tags=["hide-input"]
 book.show_table(lad.seed_comparison(tables), 2)
 
-# %% tags=["nbval-ignore-output"]
-first, final, row = tables[cases[0]], tables[cases[-1]], lad.path
-legacy, first_rows = ladder.legacy_vs_stock(tables), rows[rows["case"] == cases[0]]
-stats.glue_markdown("lad_findings", lad.findings(first_rows))
-ch.glue(lad_path_verdict=lad.verdicts(first_rows).loc[row, "vs stock"] if row != "stock" else "the baseline itself",
-        lad_path_results=first.loc[row, "results"] or "not checked", lad_case0=cases[0], lad_case_last=cases[-1], lad_last_row=row, lad_low=lad.low,
-        lad_engine=ms.environment.matrix_engine(str(ch.device)), lad_speedup0=first.loc[row, "speed-up"],
-        lad_speedup_last=final.loc[row, "speed-up"], lad_speedup0_rle=first.loc[row, "speed-up with rle"],
-        lad_bound_best0=bound_speedups[cases[0]]["best measured bound"],
-        lad_bound_roof0=bound_speedups[cases[0]]["roofline bound"],
-        lad_repeats="; ".join(f"{c}: {t}" for c, t in traded.items()), lad_fewer0=first.loc[lad.fewer, "speed-up"],
-        lad_box_iou0=first.loc[row, "box_iou_mean"], lad_matched0=first.loc[row, "matched_ref"],
-        lad_fewer_matched0=first.loc[lad.fewer, "matched_ref"], lad_biggest_left=ladder.biggest_stage(first.loc[row]),
-        lad_legacy_vs_stock0=legacy.iloc[0], lad_legacy_verdict=ladder.legacy_verdict(legacy.iloc[0]),
-        lad_legacy_range=ladder.ratios_in_words(legacy), lad_seed_total=ladder.seed_speedups().loc["1333x800", "total"])
+# %% tags=["nbval-ignore-output", "remove-cell"]
+findings.glue_all(findings.ladder(lad, rows, tables, bound_speedups, traded))
+book.glue("lad_chart", book.ratio_figure({c: stats.ratio_table(rows[rows["case"] == c], "stock", aa=ladder.AA)
+                                          for c in cases}, ladder.AA))
+ch.glue(lad_low=lad.low, lad_engine=ms.environment.matrix_engine(str(ch.device)))
 
 # %% [markdown]
 # ## What to take away
 #
-# - At {glue:text}`lad_case0` the path the climb kept ends at **{glue:text}`lad_last_row`**: against `stock`
-#   end to end it is {glue:text}`lad_path_verdict` ({glue:text}`lad_speedup0_rle:.2f`x when a consumer
-#   RLE-encodes every mask); its agreement with `stock`: {glue:text}`lad_path_results`. Taking every stage at the
-#   best cost measured anywhere in the study would give {glue:text}`lad_bound_best0:.2f`x, every stage at its
-#   roofline floor {glue:text}`lad_bound_roof0:.1f`x. At {glue:text}`lad_case_last` the path is {glue:text}`lad_speedup_last:.2f`x. The
-#   seed's ladder gained {glue:text}`lad_seed_total:.2f`x at 1333x800 on an RTX 3080 (published).
-# - `legacy` costs {glue:text}`lad_legacy_vs_stock0:.2f`x `stock` here: {glue:text}`lad_legacy_verdict`
-#   (all cases: {glue:text}`lad_legacy_range`).
-# - The climb at {glue:text}`lad_case0`, rung by rung:
+# The path the climb kept, per case, with 95% bootstrap intervals over repeats held to the A/A floor:
+#
+# {glue:md}`lad_headline`
+#
+# The climb at the first case, rung by rung, against the rung each was built on:
 #
 # {glue:md}`lad_findings`
 #
-# - Agreement of the path with `stock`: {glue:text}`lad_matched0:.3f` of detections matched, box IoU
-#   {glue:text}`lad_box_iou0:.4f` (random weights: agreement, not mAP).
-# - What is left is mostly **{glue:text}`lad_biggest_left`**. Cutting proposals to the number the row
-#   name says buys {glue:text}`lad_fewer0:.2f`x in total but changes results (only
-#   {glue:text}`lad_fewer_matched0:.2f` of `stock`'s detections survive with these weights): a recall
-#   trade-off to be measured with a real checkpoint, not a free lunch.
+# Where the path's time goes, `legacy` against `stock`, and the proposal cut (which changes results: a recall
+# trade-off to measure with a real checkpoint; random weights give agreement, not mAP):
+#
+# {glue:md}`lad_more`
 
 # %% [markdown]
 # ## Environment of this run
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 ch.end()

@@ -10,7 +10,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # # Runtimes: what a CPU user would pick instead
 #
 # Someone deploying Mask R-CNN on a CPU will ask: should I just export the model to ONNX Runtime or OpenVINO?
@@ -24,13 +24,14 @@
 # | `ov fp32`, `ov bf16`, `ort fp32` | the staged pipeline with backbone, neck, RPN head and the RoI heads' convolutions and linears converted to OpenVINO or ONNX Runtime (`Choices(runtime=...)`); RoIAlign, NMS, box decoding and masks stay as in `stock` |
 # | `ov auto (...)`, `ort auto (...)` | the same runtimes with the library's other levers on top |
 # | `ov int8 (changes results)` | the same parts in OpenVINO int8: NNCF post-training quantization calibrated on this case's images (what each part receives from them in fp32); the rest of each part in bf16 where the CPU has it |
+# | `ov int8 auto (changes results)` | the same int8 parts with the library's other levers on top, like `ov auto` |
 # | `mmdeploy → ...` | the whole model as a user deploys it: mmdeploy 1.3.1's end-to-end export, run in ONNX Runtime or OpenVINO, with mmdeploy's own pre-processing and full-image mask paste (stage `graph` is everything from backbone to mask logits) |
 #
 # OpenVINO's CPU plugin runs bf16 by default on a CPU with AVX-512 BF16 or AMX, so the fp32 rows set
 # `INFERENCE_PRECISION_HINT=f32` explicitly. What each row costs before its first image (export, compile) is
 # measured separately: a user pays it once per model and input shape.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-cell"]
 device = "auto"
 config = "mask-rcnn_r50_fpn_1x_coco"
 checkpoint = None
@@ -44,7 +45,7 @@ sweep_budget_s = None
 warmup = 1
 threads = 2
 
-# %%
+# %% tags=["hide-cell"]
 # %matplotlib inline
 import mmdet_speedup as ms
 from mmdet_speedup import book, ladder, peers, stages as S, stats
@@ -53,35 +54,36 @@ ch = book.Chapter("07_runtimes", globals())
 bf16 = ms.environment.cpu_has_bf16()  # bf16 rows only where the CPU has the instructions
 STAGED = peers.staged_rows(ch.device, bf16)
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-cell"]
 done = {case: peers.run_case(ch, case, STAGED, bf16) for case in cases}
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## Side by side
 # Median ms per image per stage, the speed-up against `stock` with its 95% interval over `n` repeats (bootstrap,
 # paired by repeat) and verdict held to the A/A floor, and agreement with `stock` on the same image: detections
 # matched both ways, box and mask IoU, and what that makes the row under the study's rule (exact, preserves
 # results, changes results). Random weights: agreement, not mAP.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 rows, eq = ch.rows(), ch.rows("07_runtimes_equivalence")
 order = [*STAGED, *[v for v in dict.fromkeys(rows["variant"]) if v not in STAGED]]
 tables = ladder.case_tables(rows, eq, cases, order)
 for case, t in tables.items():
     print(f"case {case}: {done[case]['traded']}")
-    book.show_table(t[[c for c in (*S.WITH_GRAPH, S.TOTAL) if c in t] + ["speed-up", "lo", "hi", "n", "results"]], 2)
-    book.show_table(t[["verdict", "matched_ref", "box_iou_mean", "mask_iou_mean"]].join(done[case]["first_call"]), 2)
+    book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"],
+                    full="Per stage, workload, agreement")
+    book.show_table(t[["matched_ref", "box_iou_mean", "mask_iou_mean"]].join(done[case]["first_call"]), 2)
 
-# %%
+# %% tags=["hide-input"]
 _ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case], peers.BASE, aa=peers.AA))
                          for case, t in tables.items()}, peers.AA, S.WITH_GRAPH, "against stock")
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## The library against the deployed model
 # Per precision, the fastest staged row against the fastest deployed row at the same precision (above 1: the
 # staged pipeline with the study's levers is faster than exporting the whole model).
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 versus = {case: peers.versus_deployed(rows[rows["case"] == case]) for case in cases}
 for case, v in versus.items():
     print(f"case {case}")
@@ -90,17 +92,18 @@ first = stats.ratio_table(rows[rows["case"] == cases[0]], peers.BASE, aa=peers.A
 stats.glue_markdown("rt_findings", stats.table_findings(first, peers.BASE, "end to end"))
 stats.glue_markdown("rt_versus", stats.findings_markdown(
     f"{r['staged fastest']} against {r['deployed fastest']} ({p}): {r['text']}" for p, r in versus[cases[0]].iterrows()))
-int8 = peers.int8_versus(rows[rows["case"] == cases[0]])
+int8 = {k: peers.int8_versus(rows[rows["case"] == cases[0]], *a) for k, a in
+        {"rt_int8": ("ov bf16",), "rt_int8_auto": ("ov auto (bf16)", peers.INT8_AUTO)}.items()}
 ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"],
-        rt_int8="no int8 row ran" if int8 is None else int8["text"])
+        **{k: "not measured" if v is None else v["text"] for k, v in int8.items()})
 
-# %% [markdown]
+# %% [markdown] tags=["method"]
 # ## Serving many images: throughput mode
 # The deployed graph in OpenVINO compiled for latency (one request in flight) against the same graph compiled with
 # the `THROUGHPUT` hint (OpenVINO's optimal number of requests in flight, `requests`), end to end over a stream of
 # `n_stream` images at the first case's input size: images per second, and the ratio with its interval.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 tp = peers.run_throughput(ch, cases[0], done[cases[0]]["export"], bf16, n_stream)
 print(tp.attrs.get("repeats", ""))
 book.show_table(tp, 2)
@@ -118,8 +121,9 @@ stats.glue_markdown("rt_throughput", stats.findings_markdown(
 #
 # {glue:md}`rt_versus`
 #
-# int8 against `ov bf16` on the converted stages (backbone to `roi_mask`): {glue:text}`rt_int8`; its agreement
-# with `stock` is in the table above (it changes results).
+# int8 against `ov bf16` on the converted stages (backbone to `roi_mask`): {glue:text}`rt_int8`; with the
+# library's other levers on both sides (`ov int8 auto` against `ov auto (bf16)`): {glue:text}`rt_int8_auto`.
+# Their agreement with `stock` is in the table above (int8 changes results).
 #
 # Serving a stream of images, throughput mode against latency mode on the same graph:
 #
@@ -136,5 +140,5 @@ stats.glue_markdown("rt_throughput", stats.findings_markdown(
 # ## Environment of this run
 # Recorded by the run itself (`data/results/environment/<run_id>.json`), not typed.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 ch.end()

@@ -10,7 +10,10 @@ Checks, for the build directory given:
      path escaping the build directory, and every in-book relative link resolves to an existing file
      (the #fragment and ?query are ignored);
   3. every <img> that is a PNG (a file in the build, or a base64 data: URI embedded by a notebook) decodes
-     and is non-blank (pixel standard deviation > 0).
+     and is non-blank (pixel standard deviation > 0);
+  4. no inline <script> names a URL outside the book: any http(s):// or quoted protocol-relative //host URL in
+     its text (a CDN constant, importScripts, fetch(, a string assigned to src) is a problem, reported with
+     its line in the page. XML namespace names (http://www.w3.org/...) are identifiers, never fetched.
 
 HTML files under _static/ are theme templates (Jinja source), not pages, and are skipped.
 Exit status 0 when clean, 1 with one problem per line otherwise.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,14 +31,23 @@ from urllib.parse import unquote, urlsplit
 
 LINK_ATTRS = {"src", "href", "srcset", "poster", "data"}
 ALLOWED_SCHEMES = {"data"}  # inline content only; everything else would leave the book
+# A script can load from anywhere it can spell: any absolute URL, or //host in a string literal (a bare //
+# starts a comment).
+SCRIPT_URL = re.compile(r"""https?://[^\s"'`<>)\\]+|(?<=["'`(])//[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+[^\s"'`<>)\\]*""",
+                        re.IGNORECASE)
+NAMESPACE_URLS = ("http://www.w3.org/",)  # createElementNS and friends: names, not downloads
 
 
 class _Collector(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.links: list[tuple[str, str, str]] = []  # (tag, attr, value)
+        self.scripts: list[tuple[int, str]] = []  # (line where the script's text starts, text)
+        self._in_script = False
 
     def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self._in_script = True
         for name, value in attrs:
             if name in LINK_ATTRS and value is not None:
                 if name == "srcset":
@@ -45,7 +58,28 @@ class _Collector(HTMLParser):
                 else:
                     self.links.append((tag, name, value.strip()))
 
-    handle_startendtag = handle_starttag
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        self._in_script = False  # <script/> has no text
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        # HTMLParser hands a script's text over as raw CDATA, in one piece or a few
+        if self._in_script and data.strip():
+            self.scripts.append((self.getpos()[0], data))
+
+
+def script_urls(text: str) -> list[tuple[int, str]]:
+    """(line offset within ``text``, URL) for every outside URL an inline script names."""
+    found = []
+    for m in SCRIPT_URL.finditer(text):
+        url = m.group(0)
+        if not url.lower().startswith(NAMESPACE_URLS):
+            found.append((text.count("\n", 0, m.start()), url))
+    return found
 
 
 def toc_pages(toc_path: Path) -> list[str]:
@@ -134,6 +168,10 @@ def check_build(build: Path, toc: Path | None = None) -> list[str]:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{rel_page}: HTML does not parse ({exc})")
             continue
+        for line, text in parser.scripts:
+            for offset, url in script_urls(text):
+                short = url if len(url) <= 80 else url[:77] + "..."
+                problems.append(f"{rel_page}:{line + offset}: inline <script> loads {short!r} from outside the book")
         seen: set[tuple[str, str]] = set()
         for tag, attr, url in parser.links:
             if (attr, url) in seen:
@@ -203,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {p}")
         return 1
     n = sum(1 for p in args.build.rglob("*.html") if "_static" not in p.relative_to(args.build).parts)
-    print(f"check_html: OK ({n} pages in {args.build}, all links in-book, no blank PNGs)")
+    print(f"check_html: OK ({n} pages in {args.build}, all links and inline scripts in-book, no blank PNGs)")
     return 0
 
 

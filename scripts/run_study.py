@@ -4,6 +4,12 @@
     run_study.py quick [chapters...]   CI size -> _build/quick/book/executed/, rows -> _build/quick/results/
     run_study.py ci [chapters...]      CI size -> tests/nbval/ (nbval references), rows -> a throw-away folder
 
+``--device cuda`` runs every chapter on the GPU (``device="cuda"`` injected) into its own run set: the executed
+notebooks and their status.json go to ``executed-cuda/`` beside ``executed/`` (which it leaves alone); the rows go
+to the same CSVs, told apart by their device and GPU columns. ``--device cpu`` injects ``device="cpu"`` into the
+CPU run set; ``auto`` is the GPU's set where torch sees one, else the CPU's; no ``--device`` leaves each chapter
+its own default (``device="auto"``).
+
 Each chapter runs in its own papermill process into a temporary file, moved into place only when the chapter
 succeeds: a failed or interrupted chapter leaves the previous executed copy as it was. A budget is a guide: a
 chapter that runs past it finishes and is reported; only the ceiling (CEILING_FACTOR x budget) stops it, and
@@ -36,16 +42,17 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 #: Seconds a chapter is expected to take at study size: about 1.5x what it took on the study's 2-core AMD EPYC
 #: on 2026-11-23 (50, 252, 84, 410, 309 and 1336 s; data/results/runs.csv). 02 and 06 are estimates for benchmark
-#: version 2.0's 7 repeats (06's 1333x800 case took 766 s; its 3840x2304 sweep stops at its 900 s budget). A guide,
-#: not a limit.
-BUDGETS = {"01_preprocess": 90, "02_precision": 700, "03_masks": 150, "04_nms": 600, "05_loading": 450,
-           "06_ladder": 2400, "07_runtimes": 1200}
+#: version 2.0's 7 repeats (06's 1333x800 case took 766 s; its 3840x2304 sweep stops at its 900 s budget). 2.1:
+#: 04 runs 3 repeats (was 1), 05 3 passes (was 2), 07 both sizes (its 1333x800 case took 1178 s). A guide, not a limit.
+BUDGETS = {"01_preprocess": 90, "02_precision": 700, "03_masks": 150, "04_nms": 1000, "05_loading": 600,
+           "06_ladder": 2400, "07_runtimes": 3000}
 CI_BUDGET = 180
 CEILING_FACTOR = float(os.environ.get("CEILING_FACTOR", 4))
 OUT = {"study": ROOT / "book" / "executed", "quick": ROOT / "_build" / "quick" / "book" / "executed",
        "ci": ROOT / "tests" / "nbval"}
+DEVICES = ("cpu", "cuda", "auto")
 LEDGER_COLUMNS = ("run_id", "chapter", "size", "status", "seconds", "budget_s", "started", "git_sha",
-                  "benchmark_version", "message")
+                  "benchmark_version", "message", "device")
 
 
 class ParameterError(ValueError):
@@ -65,6 +72,7 @@ class Outcome:
     rerun: str = ""
     rebuild: str = ""
     failed_copy: str = ""
+    device: str = ""  # the injected device parameter ("" where the chapter kept its own default)
 
     @property
     def succeeded(self) -> bool:
@@ -81,7 +89,7 @@ def defaults(chapter: str) -> dict:
         if line.startswith("# %%"):
             if inside:
                 break
-            inside = 'tags=["parameters"]' in line
+            inside = '"parameters"' in line.partition("tags=")[2]  # papermill's tag, among others ("hide-cell")
             continue
         if inside:
             lines.append(line)
@@ -146,6 +154,33 @@ def parse_overrides(pairs: list[list[str]]) -> dict:
     return {name: yaml.safe_load(value) for name, value in pairs}
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str | None) -> str | None:
+    """The device every chapter gets (None: each keeps its default); ``cuda`` without a GPU stops here."""
+    if device is not None and device not in DEVICES:
+        raise ParameterError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise ParameterError("--device cuda: torch sees no CUDA device (install a CUDA build of torch and "
+                             "torchvision, and check nvidia-smi)")
+    return device
+
+
+def out_dir_for(size: str, device: str | None) -> Path:
+    """Where a size's executed notebooks go: a CUDA run is its own run set, ``executed-cuda`` beside ``executed``."""
+    if device != "cuda":
+        return OUT[size]
+    if size == "ci":
+        raise ParameterError("--device cuda has no ci size: the nbval references are the CPU run's")
+    return OUT[size].with_name(OUT[size].name + "-cuda")
+
+
 # -- records ------------------------------------------------------------------------------------------------
 def write_status(out_dir: Path, outcome: Outcome) -> None:
     """``status.json`` beside the executed notebooks: the book's build reads it to flag a failed chapter."""
@@ -194,7 +229,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: dict, budget: float,
-                rerun: str) -> Outcome:
+                rerun: str, device: str | None = None) -> Outcome:
     from mmdet_speedup.records import new_run_id
 
     # In progress and failed copies live under _build/ (never parsed by the book), apart from ``out_dir``.
@@ -219,7 +254,8 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
     # Its own session: Ctrl-C reaches this runner, which then stops papermill and says what it kept.
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     outcome = Outcome(chapter, "ok", 0.0, budget, run_id, started, size, rerun=rerun,
-                      rebuild="bash scripts/build_html.sh quick" if size == "quick" else "make html")
+                      rebuild="bash scripts/build_html.sh quick" if size == "quick" else "make html",
+                      device=device or "")
     try:
         try:
             _, stderr = proc.communicate(timeout=ceiling)
@@ -244,7 +280,7 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
             outcome.status = "over budget"
             outcome.message = f"{chapter} took {outcome.seconds:.0f} s, budget {budget:.0f} s"
     elif tmp_nb.exists():
-        failed = ROOT / "_build" / "failed" / size / f"{chapter}.ipynb"
+        failed = ROOT / "_build" / "failed" / (size + ("-cuda" if device == "cuda" else "")) / f"{chapter}.ipynb"
         failed.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(tmp_nb, failed)
         outcome.failed_copy = str(failed.relative_to(ROOT))
@@ -283,10 +319,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a parameter for every chapter that has it (YAML value), e.g. -p threads 4")
     p.add_argument("--budget", type=float, help="one budget in seconds for every chapter (default: per chapter)")
+    p.add_argument("--device", choices=DEVICES, help="the device parameter of every chapter; cuda writes its own "
+                   "run set (executed-cuda/). Default: each chapter's own (auto), into executed/")
     a = p.parse_args(argv)
 
     chapters = a.chapters or book_order()
-    out_dir = (a.out or OUT[a.size]).resolve()
+    try:  # every chapter's parameters are checked before the first one runs
+        for c in chapters:
+            if not (NOTEBOOKS / f"{c}.py").is_file():
+                raise ParameterError(f"no such chapter: notebooks/{c}.py")
+        overrides = parse_overrides(a.p)
+        unknown = [k for k in overrides if not any(k in defaults(c) for c in chapters)]
+        if unknown:
+            raise ParameterError(f"no chapter has parameter(s) {', '.join(unknown)}")
+        # ``-p device cuda`` is ``--device cuda``: GPU rows never land in the CPU run set
+        device = resolve_device(a.device or overrides.pop("device", None))
+        out_dir = (a.out or out_dir_for(a.size, device)).resolve()
+        if device is not None:
+            overrides["device"] = device
+        params = {c: chapter_parameters(c, "study" if a.size == "study" else "ci", overrides) for c in chapters}
+    except (ParameterError, yaml.YAMLError, SyntaxError, ValueError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
     if a.results:
         results = a.results.resolve()
     elif a.size == "study":
@@ -296,18 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     else:  # nbval references: their rows are thrown away
         results = Path(tempfile.mkdtemp(prefix="nbval-rows-"))
         atexit.register(shutil.rmtree, results, ignore_errors=True)
-    try:  # every chapter's parameters are checked before the first one runs
-        for c in chapters:
-            if not (NOTEBOOKS / f"{c}.py").is_file():
-                raise ParameterError(f"no such chapter: notebooks/{c}.py")
-        overrides = parse_overrides(a.p)
-        unknown = [k for k in overrides if not any(k in defaults(c) for c in chapters)]
-        if unknown:
-            raise ParameterError(f"no chapter has parameter(s) {', '.join(unknown)}")
-        params = {c: chapter_parameters(c, "study" if a.size == "study" else "ci", overrides) for c in chapters}
-    except (ParameterError, yaml.YAMLError, SyntaxError, ValueError) as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
 
@@ -315,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     from mmdet_speedup.records import BENCHMARK_VERSION
 
     sha = git_sha(ROOT)
-    print(f"study ({a.size}): {len(chapters)} chapter(s) -> {out_dir}, rows -> {results}, git {sha}", flush=True)
+    on = f" on {device}" if device else ""
+    print(f"study ({a.size}{on}): {len(chapters)} chapter(s) -> {out_dir}, rows -> {results}, git {sha}", flush=True)
     outcomes: list[Outcome] = []
     for c in chapters:
         budget = a.budget or (BUDGETS.get(c, 600) if a.size == "study" else CI_BUDGET)
-        extra = "".join(f" -p {k} {shlex.quote(json.dumps(v))}" for k, v in overrides.items() if k in defaults(c))
+        extra = "".join(f" -p {k} {shlex.quote(json.dumps(v))}" for k, v in overrides.items()
+                        if k in defaults(c) and k != "device")
+        extra += f" --device {device}" if device else ""
         rerun = f".venv/bin/python scripts/run_study.py {a.size} {c}{extra}"
-        o = run_chapter(c, a.size, out_dir, results, params[c], budget, rerun)
+        o = run_chapter(c, a.size, out_dir, results, params[c], budget, rerun, device)
         outcomes.append(o)
         write_ledger(results, o, sha, BENCHMARK_VERSION)
         if a.size != "ci":  # nbval references get neither a status file nor a placeholder to replay

@@ -35,7 +35,8 @@ def test_auto_on_the_cpu_follows_the_matrix_engine(monkeypatch, bf16, expect):
 
 def test_auto_on_cuda_and_without_a_mask_head():
     c = Choices.auto().resolve(torch.device("cuda"), _Model(with_mask=False))
-    assert (c.precision, c.channels_last, c.roi_align, c.masks, c.runtime) == ("fp16", True, "mmcv", "full", "torch")
+    # torchvision: the optimized rows route RoIAlign and NMS through torchvision on CUDA (cuda_ops)
+    assert (c.precision, c.channels_last, c.roi_align, c.masks, c.runtime) == ("fp16", True, "torchvision", "full", "torch")
 
 
 def test_given_values_are_kept_and_checked_against_device_and_model():

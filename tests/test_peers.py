@@ -73,3 +73,10 @@ def test_a_failed_export_makes_error_rows_not_a_failed_chapter(monkeypatch, mask
     assert "exporter broke" in info["error"]
     with pytest.raises(RuntimeError, match="mmdeploy export failed: RuntimeError: exporter broke"):
         rows[f"{peers.DEPLOYED_PREFIX}ov fp32"].make()
+
+
+def test_int8_auto_row_adds_the_library_levers_to_int8(mask_rcnn):
+    c = peers.INT8_AUTO_CHOICES.resolve("cpu", mask_rcnn)
+    assert (c.runtime, c.precision) == ("openvino", "int8")
+    assert c.masks != peers.INT8_CHOICES.masks and c.roi_align != peers.INT8_CHOICES.roi_align  # raw masks, threaded RoIAlign
+    assert peers.INT8_CHOICES.resolve("cpu", mask_rcnn).masks == "full"

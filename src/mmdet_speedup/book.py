@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -181,7 +181,8 @@ def load_rows(recorder_or_path, run_id: str | None = None, name: str | None = No
 
 def study_rows(results: Path | None = None, version: str | None = None) -> pd.DataFrame:
     """Every chapter's profiler rows at one benchmark version (default: this one), each chapter's latest finished
-    run: what "anywhere in the study" means for a bound (``roofline.best_measured``)."""
+    run per device type (a GPU run never displaces the CPU run set): what "anywhere in the study" means for a
+    bound (``roofline.best_measured``, which matches rows by device)."""
     from .records import BENCHMARK_VERSION
 
     d = results or results_dir()
@@ -194,7 +195,8 @@ def study_rows(results: Path | None = None, version: str | None = None) -> pd.Da
         df = load_rows(path)
         df = df[df["benchmark_version"].astype(str) == version]
         if len(df):
-            latest = df.groupby("notebook")["run_id"].transform("max")
+            kind = df["device"].astype(str).str.split(":").str[0] if "device" in df else pd.Series("", index=df.index)
+            latest = df.groupby([df["notebook"], kind])["run_id"].transform("max")
             frames.append(df[df["run_id"] == latest])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["run_id", "notebook", "variant", "stage", "ms", "status"])
@@ -210,13 +212,11 @@ def environment_table(run_id: str) -> pd.DataFrame:
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
-    """myst-nb glue; numpy scalars become Python floats (NumPy 2 reprs break ``{glue:text}`` formats)."""
+    """myst-nb glue; numpy scalars become Python scalars (NumPy 2 reprs break ``{glue:text}`` formats)."""
     from myst_nb import glue as _glue
 
     if hasattr(value, "item") and not isinstance(value, (pd.DataFrame, pd.Series)):
         value = value.item()
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
     _glue(name, value, display=display)
     return value
 
@@ -284,6 +284,21 @@ def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None 
     return ax
 
 
+def ratio_figure(ratios: Mapping[str, pd.DataFrame], aa: str | None = None, what: str = "against stock"):
+    """One ``speedup_chart`` per title (title -> ``stats.ratio_table``), side by side, for pasting elsewhere (the
+    landing page glues the ladder's); not shown: glue it, or display it."""
+    import matplotlib.pyplot as plt
+
+    n = max(len(t) for t in ratios.values())
+    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 0.45 * n + 1.6), squeeze=False)
+    for ax, (title, table) in zip(axes[0], ratios.items()):
+        speedup_chart(table, ax=ax, title=f"{title}: speed-up {what}", aa=aa)
+        ax.set_xlabel("speed-up (95% interval); blue faster, grey no measurable difference, red slower", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def profile_figure(panels: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], aa: str | None = None,
                    stages=S.STAGES, what: str = "against the baseline"):
     """One row of two charts per title in ``panels`` (title -> (``stage_table``, ``stats.ratio_table``)): where the
@@ -301,12 +316,31 @@ def profile_figure(panels: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], aa: 
     return fig
 
 
-def show_table(df: pd.DataFrame, digits: int = 1):
-    """Display rounded, never wrapped: a wrapped text table changes shape with the width of its numbers."""
-    from IPython.display import display
+def _whole(df: pd.DataFrame) -> pd.DataFrame:
+    """Counts print as counts: a float column whose values are all whole numbers becomes an integer column."""
+    out = df.copy()
+    for c in out.columns:
+        col = out[c]
+        if pd.api.types.is_float_dtype(col) and col.notna().any() and (col.dropna() % 1 == 0).all():
+            out[c] = col.astype("Int64")
+    return out
 
+
+def show_table(df: pd.DataFrame, digits: int = 1, columns: Sequence[str] | None = None, full: str = ""):
+    """Display rounded, never wrapped (a wrapped text table changes shape with the width of its numbers).
+
+    ``columns``: show only those (the ones the text beside the table discusses); the whole table then follows,
+    collapsed under ``full`` (its summary line), so a wide table never runs past the page.
+    """
+    from IPython.display import HTML, display
+
+    shown = df if columns is None else df[[c for c in columns if c in df.columns]]
     with pd.option_context("display.width", 10_000, "display.max_columns", None, "display.max_colwidth", 80):
-        display(df.round(digits))
+        display(_whole(shown.round(digits)))
+        if columns is not None:
+            html = _whole(df.round(digits)).to_html()
+            display(HTML(f"<details><summary>{full or f'All {df.shape[1]} columns'}</summary>"
+                         f"<div style=\"overflow-x:auto\">{html}</div></details>"))
 
 
 def record_table(rec: Recorder, name: str, df: pd.DataFrame) -> pd.DataFrame:

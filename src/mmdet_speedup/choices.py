@@ -106,7 +106,9 @@ class Choices:
         if model is not None and not with_mask and c.masks != "full":
             raise InputError(f"masks={c.masks!r} needs a model with a mask head ({type(model).__name__} has none)")
         if c.roi_align == AUTO:
-            c = c.replace(roi_align="mmcv" if cuda else "threaded")
+            # on CUDA the optimized rows route RoIAlign and NMS to torchvision (cuda_ops), so they run with or
+            # without mmcv's CUDA ops; stock keeps mmcv's where they exist
+            c = c.replace(roi_align="torchvision" if cuda else "threaded")
         return c
 
     def _resolve_runtime(self, dev: torch.device) -> "Choices":

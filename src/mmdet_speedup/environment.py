@@ -13,7 +13,7 @@ import torch
 
 from .project import project_root
 
-RUN_OUTPUTS = ("book/executed", "data/results", "tests/nbval")
+RUN_OUTPUTS = ("book/executed", "book/executed-cuda", "data/results", "tests/nbval")
 
 
 def git_sha(root: Path | None = None) -> str:
@@ -102,7 +102,13 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     import numpy
     import torchvision
 
+    from .cuda_ops import mmcv_has_cuda_ops, route_needed
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:  # on CUDA without mmcv's CUDA ops even the stock rows run NMS and RoIAlign on torchvision (cuda_ops)
+        ops_fallback = route_needed(str((params or {}).get("device", "cpu")))
+    except RuntimeError:  # "auto" or no device: not resolved yet
+        ops_fallback = None
     return {
         "git_sha": git_sha(),
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -115,6 +121,8 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
         "cuda": torch.version.cuda if gpu else None,
+        "mmcv_cuda_ops": mmcv_has_cuda_ops(),
+        "ops_fallback": ops_fallback,
         "versions": {
             "torch": torch.__version__, "torchvision": torchvision.__version__, "mmcv": mmcv.__version__,
             "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__,

@@ -27,6 +27,8 @@ from .profiler import Built
 BASE, AA = "stock", "stock (A/A)"
 EAGER_BEST, COMPILED_BEST = "torch auto (eager)", "torch auto (compiled)"
 INT8 = "ov int8 (changes results)"
+#: int8 with the library's other levers on top (raw masks, threaded RoIAlign, ...), like ``ov auto``.
+INT8_AUTO = "ov int8 auto (changes results)"
 #: The stages a runtime converts (backbone, neck, RPN head, and the RoI heads' convolutions and linears).
 CONVERTED = ("backbone", "neck", "rpn", "roi_bbox", "roi_mask")
 DEPLOYED_PREFIX = "mmdeploy → "
@@ -139,26 +141,27 @@ def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 INT8_CHOICES = STOCK.replace(runtime="openvino", precision="int8")
+INT8_AUTO_CHOICES = Choices.auto(runtime="openvino", precision="int8")
 
 
-def int8_pipeline(model, images: Sequence, device) -> StagedPipeline:
+def int8_pipeline(model, images: Sequence, device, choices: Choices = INT8_CHOICES) -> StagedPipeline:
     """OpenVINO int8 for the converted parts (NNCF post-training quantization), calibrated on ``images``: what each
     part receives from them in fp32 (``StagedPipeline.calibrate``)."""
-    pipe = StagedPipeline(model, INT8_CHOICES, device)
+    pipe = StagedPipeline(model, choices, device)
     pipe.calibrate(images)
     return pipe
 
 
-def int8_versus(rows: pd.DataFrame, against: str = "ov bf16") -> pd.Series | None:
-    """The int8 row against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict; None
-    when either row is missing."""
+def int8_versus(rows: pd.DataFrame, against: str = "ov bf16", row: str = INT8) -> pd.Series | None:
+    """An int8 ``row`` against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict;
+    None when either row is missing."""
     from .stats import ratio_table
 
     ok = rows[rows["status"] == "ok"]
-    if not {INT8, against} <= set(ok["variant"]):
+    if not {row, against} <= set(ok["variant"]):
         return None
     stages = [s for s in CONVERTED if s in set(ok["stage"])]
-    return ratio_table(ok[ok["variant"].isin([against, INT8])], against, stages=stages).loc[INT8]
+    return ratio_table(ok[ok["variant"].isin([against, row])], against, stages=stages).loc[row]
 
 
 def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[str, Any]:
@@ -176,6 +179,8 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     deployed, export = deployed_rows(model, samples[0].data, bf16=bf16)
     if torch.device(ch.device).type == "cpu" and runtimes.available(runtimes.OPENVINO):
         deployed[INT8] = Built(partial(int8_pipeline, model, images, ch.device), INT8_CHOICES)
+        deployed[INT8_AUTO] = Built(partial(int8_pipeline, model, images, ch.device, INT8_AUTO_CHOICES),
+                                    INT8_AUTO_CHOICES)
     prof = ch.profiler(model)
     prof.run({**staged, **deployed}, samples, {"case": case})
     first = first_call_costs(prof.built, export["export_s"]).reset_index().assign(case=case)

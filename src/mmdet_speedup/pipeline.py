@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import runtimes
+from . import cuda_ops, runtimes
 from . import stages as S
 from .cascade import final, is_cascade, merged_mask_probs, run_bbox_stages
 from .checks import InputError
@@ -193,6 +193,9 @@ class StagedPipeline:
         self.precision = Precision("fp32" if runtimes.is_quantized(c.precision) else c.precision, self.device)
         apply(self.model, self.precision, channels_last=c.channels_last, fold_bn=c.fold_bn)
         swap_roi_align(self.model.roi_head, c.roi_align)
+        #: how mmcv's compiled ops (NMS, RoIAlign) run: "mmcv", "torchvision" (on CUDA, with torchvision's RoIAlign
+        #: chosen, NMS goes there too) or "fallback" (on CUDA, mmcv has no CUDA ops); see ``cuda_ops``
+        self.ops = cuda_ops.prepare(self.device, c.roi_align)
         if c.compile:
             compile_features(self.model, self.device)
         self.parts = self._runtime_parts(c.runtime)
@@ -325,7 +328,7 @@ class StagedPipeline:
     @torch.no_grad()
     def proposals(self, feats: Features, metas: list[dict], timer=NULL) -> list:
         rpn = self.model.rpn_head
-        with timer.stage(S.RPN):
+        with timer.stage(S.RPN), cuda_ops.routing(self.ops):
             with self.precision.autocast():
                 outs = self.modules_for(feats.runtime)["rpn_head"](feats.maps)
             return rpn.predict_by_feat(*to_float(outs), batch_img_metas=metas, rescale=False)
@@ -333,7 +336,7 @@ class StagedPipeline:
     @torch.no_grad()
     def boxes(self, feats: Features, metas: list[dict], proposals: list, timer=NULL):
         """The box head and its NMS: one image's results (boxes rescaled here only when there are no masks)."""
-        with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime):
+        with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime), cuda_ops.routing(self.ops):
             return self._predict_bbox(feats.roi, metas, proposals, timer)[0]
 
     @torch.no_grad()
@@ -434,6 +437,7 @@ def stock_test_step(model, image: ImageLike) -> Detections:
     from .preprocess import test_pipeline
 
     img = load_image(image)
+    cuda_ops.prepare(next(model.parameters()).device)  # as shipped, unless mmcv has no CUDA ops
     data = test_pipeline(model)(dict(img=img, img_id=0))
     with torch.no_grad():
         out = model.test_step(dict(inputs=[data["inputs"]], data_samples=[data["data_samples"]]))[0]

@@ -15,13 +15,15 @@ from .environment import environment, git_sha
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
 #: 2.0: weights v2 (calibrated BatchNorm, models.WEIGHTS_RECIPE), A/A rows and the ladder's climb.
-BENCHMARK_VERSION = "2.0"
+#: 2.1: the book rewrite: findings generated from the rows (findings.py), int8 with the library's levers, 05 passes 3.
+BENCHMARK_VERSION = "2.1"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",
     "preprocess", "precision", "channels_last", "masks", "device", "dtype", "threads",
     "input_size", "scale", "rpn_pre_nms", "dets_per_image", "stage", "repeat", "ms", "peak_mem_mb",
     "status", "message", "image", "fold_bn", "rpn_nms_in", "bbox_nms_in", "dets_out", "mask_bytes", "roi_align", "cpu_ms", "bytes_copied", "chosen", "images_per_s", "case", "sweep", "compile",
+    "gpu",
 )
 
 
@@ -51,8 +53,11 @@ class Recorder:
         now = _dt.datetime.now().isoformat(timespec="seconds")
         base = {"run_id": self.run_id, "timestamp": now, "git_sha": self.git_sha,
                 "benchmark_version": BENCHMARK_VERSION, "notebook": self.notebook, "status": "ok"}
-        n = append_rows(self.path, [{**base, **{k: v for k, v in r.items() if v is not None}} for r in rows],
-                        COLUMNS)
+        rows = [{**base, **{k: v for k, v in r.items() if v is not None}} for r in rows]
+        for row in rows:  # a CUDA row names its GPU: a CPU row of the same machine must not
+            if self.env.get("gpu") and str(row.get("device", "")).startswith("cuda"):
+                row.setdefault("gpu", self.env["gpu"])
+        n = append_rows(self.path, rows, COLUMNS)
         self.rows_written += n
         return n
 

@@ -4,7 +4,9 @@ Once the convolutions run on AMX, RoIAlign over 1000 proposals is the largest st
 torchvision's kernel computes the same thing (bit-identical outputs for ``aligned=True``, adaptive sampling)
 in less time here, but on one core: its CPU loop over RoIs is serial. ``threaded`` hands interleaved slices
 of the RoIs to ``torch.get_num_threads()`` threads (the op releases the GIL); each RoI's output is computed by
-the same code, so the result is still bit-identical. On CUDA all are fast and ``mmcv`` stays the default.
+the same code, so the result is still bit-identical. On CUDA, ``auto`` is ``torchvision``: a choice other than
+``mmcv`` there also sends NMS to torchvision, so the optimized rows need no mmcv CUDA build; ``stock`` keeps
+mmcv's kernels where they exist and falls back to torchvision's for both where they do not (``cuda_ops``).
 """
 from __future__ import annotations
 

@@ -268,16 +268,29 @@ def findings_markdown(items: Iterable[str]) -> str:
     return "".join(f"- {s}\n" for s in items)
 
 
+class _Markdown:
+    """Markdown that also renders as HTML: ``{glue:md}`` reads ``text/markdown`` on its own page, and another page
+    pasting it (``{glue:any}`` with ``:doc:``, the landing page) gets ``text/html`` (myst-nb's cross-page glue
+    renders no Markdown)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        from markdown_it import MarkdownIt
+
+        return {"text/markdown": self.text, "text/html": MarkdownIt().render(self.text), "text/plain": self.text}
+
+
 def glue_markdown(name: str, text: str) -> None:
-    """Glue ``text`` as a Markdown display object, so ``{glue:md}`name``` renders it as Markdown in the book.
+    """Glue ``text`` as Markdown (and HTML, for pasting on another page), so ``{glue:md}`name``` renders it.
 
     ``{glue:md}`` reads the ``text/markdown`` entry of the glued object's mimebundle: a plain string would give
-    only ``text/plain``, so the text is wrapped in ``IPython.display.Markdown``. Not displayed in the cell.
+    only ``text/plain``. Not displayed in the cell.
     """
-    from IPython.display import Markdown
     from myst_nb import glue
 
-    glue(name, Markdown(text), display=False)
+    glue(name, _Markdown(text), display=False)
 
 
 def row_interval(row: pd.Series) -> Interval:
@@ -290,3 +303,38 @@ def table_findings(table: pd.DataFrame, baseline: str, what: str = "") -> str:
     return findings_markdown(
         takeaway(str(label), Verdict(r["verdict"], row_interval(r)), baseline, what)
         for label, r in table.iterrows() if label != baseline)
+
+
+def ratio_tables(rows: pd.DataFrame, baseline: Any, *, case: str = "case", **kw: Any) -> dict[str, pd.DataFrame]:
+    """One :func:`ratio_table` per value of the ``case`` column, in the order measured (each case its own sweep)."""
+    return {str(c): ratio_table(rows[rows[case] == c], baseline, **kw)
+            for c in dict.fromkeys(rows[case]) if (rows.loc[rows[case] == c, "variant"] == baseline).any()}
+
+
+def verdict_summary(table: pd.DataFrame, baseline: str, what: str = "", skip: Sequence[str] = ()) -> str:
+    """One sentence grouping a ``ratio_table``'s rows by verdict against ``baseline``, each with its ratio and
+    interval: "Against `stock` (pre-processing): faster: `device` (1.4x, 95% CI ...); no measurable difference:
+    `auto` (...)." A group with no rows is left out; rows in ``skip`` (an A/A row) too."""
+    rows = table.drop(index=[baseline, *skip], errors="ignore")
+    groups = []
+    for word in (FASTER, NO_DIFFERENCE, SLOWER):
+        picked = rows[rows["verdict"] == word]
+        if len(picked):
+            items = ", ".join(f"`{label}` ({Verdict(word, row_interval(r)).text.split('(', 1)[1]}"
+                              for label, r in picked.iterrows())
+            groups.append(f"{word}: {items}")
+    of = f" ({what})" if what else ""
+    return f"Against `{baseline}`{of}, " + "; ".join(groups) + "." if groups else ""
+
+
+def verdict_of(table: pd.DataFrame, label: str) -> str:
+    """A ``ratio_table`` row's verdict text ("faster (1.8x, 95% CI 1.7-1.9x)"), or "not measured"."""
+    return str(table.loc[label, "text"]) if label in table.index else "not measured"
+
+
+def share_sentence(medians: pd.Series, total: float, what: str = "the total") -> str:
+    """Where the time goes, from per-stage medians: "`backbone` 61% of the total, then `roi_mask` 14%, ...";
+    shares under 5% are left out. Medians only: a share is a description, not a comparison with a verdict."""
+    shares = (medians / total).sort_values(ascending=False)
+    parts = [f"`{s}` {v * 100:.0f}%" for s, v in shares.items() if v >= 0.05]
+    return f"Of {what}: " + ", ".join(parts) + "." if parts else ""
