@@ -104,7 +104,7 @@ eq = ch.equivalence("02_precision_equivalence", {label: partial(ms.Predictor, mo
 
 # %% tags=["hide-input"]
 book.show_table(eq[["matched_ref", "matched_test", "box_iou_mean", "score_diff_max", "mask_iou_mean", "feature_rel_err",
-                    "mask_prob_diff_max"]], 4)
+                    "mask_prob_diff_max"]], 3, columns=["matched_ref", "box_iou_mean", "mask_iou_mean", "feature_rel_err"])
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
 findings.glue_all(findings.precision(ch.rows(), ratios, eq, low))

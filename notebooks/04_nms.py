@@ -95,7 +95,7 @@ for name, model in models.items():
 
 # %% tags=["hide-input"]
 t = nms.stage_comparison(ch.rows().query("sweep == 'arch'"), list(CONFIGS))
-book.show_table(t, 1, columns=[S.BACKBONE, S.RPN, S.RPN_NMS, nms.ROI_HEAD, S.TOTAL, *nms.WORK_COLUMNS], full="Every stage")
+book.show_table(t, 1, columns=[S.RPN, S.RPN_NMS, nms.ROI_HEAD, S.TOTAL, "rpn_nms_in"], full="Every stage")
 _ = book.stacked_stages(t, title=f"C4 versus FPN at {scale} ({ch.device.type}, fp32)")
 
 # %% [markdown]

@@ -62,7 +62,7 @@ for case in cases:
 
 # %% tags=["hide-input"]
 summary = loader.loading_summary(ch.rows())
-book.show_table(summary, 3)
+book.show_table(summary, 3, columns=["loading share", loader.BOUND, loader.SPEEDUP, loader.SPEEDUP_EQUAL])
 ax = summary[[loader.SPEEDUP, loader.SPEEDUP_EQUAL, loader.BOUND]].plot.bar(
     figsize=(7, 3.5), rot=0, grid=True, xlabel="model scale", ylabel="throughput ratio")
 _ = ax.axhline(1, color="k", lw=0.8)

@@ -72,7 +72,8 @@ for case, t in tables.items():
     print(f"case {case}: {done[case]['traded']}")
     book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"],
                     full="Per stage, workload, agreement")
-    book.show_table(t[["matched_ref", "box_iou_mean", "mask_iou_mean"]].join(done[case]["first_call"]), 2)
+    book.show_table(t[["matched_ref", "box_iou_mean", "mask_iou_mean"]].join(done[case]["first_call"]), 2,
+                    columns=["matched_ref", "mask_iou_mean", "first-call s"], full="Agreement and first-call costs")
 
 # %% tags=["hide-input"]
 _ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case], peers.BASE, aa=peers.AA))

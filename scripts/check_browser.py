@@ -71,6 +71,9 @@ PROBE = r"""
     const st = getComputedStyle(el);
     return st.display !== 'none' && st.visibility !== 'hidden';
   }
+  function collapsed(el) {  // inside a closed <details>: a collapsed full table, a hidden cell; the reader opens it
+    return el.closest('details:not([open])') !== null;
+  }
   function contentWidth(el) {
     const st = getComputedStyle(el);
     return el.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight);
@@ -105,7 +108,7 @@ PROBE = r"""
     const items = col.querySelectorAll('table, figure, img, svg, .cell_output');
     out.counts.measured = items.length;
     for (const el of items) {
-      if (!visible(el) || (el.parentElement && el.parentElement.closest('svg'))) continue;  // parts of a drawing
+      if (!visible(el) || collapsed(el) || (el.parentElement && el.parentElement.closest('svg'))) continue;  // parts of a drawing
       const w = Math.max(el.getBoundingClientRect().width, el.scrollWidth);
       if (w > colWidth + TOL) wide.push([el, w]);
     }

@@ -117,6 +117,9 @@ def _page(body: str) -> str:
 WIDE_TABLE = "<table style='width:1500px'><tr><td>wide</td></tr></table>"
 CASES = {
     "a too-wide table": (WIDE_TABLE, ["wide"]),
+    "a too-wide table collapsed in a closed details": (
+        f"<details><summary>All columns</summary><div style='overflow-x:auto'>{WIDE_TABLE}</div></details>", []),
+    "a too-wide table in an open details": (f"<details open><summary>All</summary>{WIDE_TABLE}</details>", ["wide"]),
     "a too-wide table in a scrolling output": (
         f"<div class='cell_output'><div class='output text_html'>{WIDE_TABLE}</div></div>", ["wide"]),
     "a table within the column": ("<table><tr><td>a</td><td>b</td></tr></table>", []),
