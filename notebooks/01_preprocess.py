@@ -99,10 +99,12 @@ ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 # {glue:md}`pre_findings`
 #
 # - `auto` measured the paths once per input shape and picked {glue:text}`pre_auto_chose`.
-# - `device` copies uint8, {glue:text}`pre_copy_ratio:.1f`x fewer bytes than `legacy`'s float32. On a GPU
-#   that is what the seed's trick saves (it measured a {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its
-#   pre-processing at 3840x2304 on an RTX 3080, published figure); on a CPU the same work stays on the same
-#   cores, in torch instead of cv2. Measure before porting the trick to a CPU deployment.
+# - Bytes copied to the device per image at {glue:text}`pre_big_case`: {glue:text}`pre_copy` (`legacy`
+#   copies float32 after resizing, `stock` uint8 after resizing, `device` the decoded uint8 photo before
+#   resizing). On a GPU, resizing and normalizing there is the seed's trick (it measured a
+#   {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its pre-processing at 3840x2304 on an RTX 3080, published
+#   figure); on a CPU the same work stays on the same cores, in torch instead of cv2. Measure before porting
+#   the trick to a CPU deployment.
 # - `device` is not bit-identical: its input differs from `stock`'s by up to
 #   {glue:text}`pre_device_max_levels:.1f` grey levels (mean {glue:text}`pre_device_mean_levels:.3f`).
 #   With random weights that can move mask edges (see the ladder's agreement columns); agreement between

@@ -146,7 +146,7 @@ book.show_table(pd.DataFrame(bound_speedups).T, 2)
 # each stage from the first row to the last, theirs and ours (ours from `legacy`, like theirs).
 
 # %% tags=["hide-input"]
-book.show_table(lad.seed_comparison(tables), 2)
+book.show_table(lad.seed_comparison(tables).set_index(["case", "seed stage"]), 2, columns=list(ladder.SEED_COLUMNS))
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
 findings.glue_all(findings.ladder(lad, rows, tables, bound_speedups, traded))

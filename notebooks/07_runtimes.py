@@ -107,7 +107,7 @@ ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"],
 # %% tags=["nbval-ignore-output", "hide-input"]
 tp = peers.run_throughput(ch, cases[0], done[cases[0]]["export"], bf16, n_stream)
 print(tp.attrs.get("repeats", ""))
-book.show_table(tp, 2)
+book.show_table(tp.set_index("row"), 2, columns=["images/s", "requests", "ratio", "lo", "hi"])
 stats.glue_markdown("rt_throughput", stats.findings_markdown(
     f"{r['row']} ({r['requests']} requests) against {r['against']}: {r['text']}" for _, r in tp.iterrows()))
 

@@ -182,11 +182,11 @@ def test_seed_comparison_maps_our_stages_onto_the_seed():
     assert list(cmp["case"].unique()) == ["1333x800>1333x800"]  # resized, or a scale the seed did not publish
     c = cmp.set_index("seed stage")
     assert c.loc["pre-processing", "our stages"] == "load+preprocess+data_preprocessor"
-    assert c.loc["pre-processing", "our speed-up (this machine)"] == pytest.approx(10 / 4)
-    assert c.loc["backbone", "our speed-up (this machine)"] == pytest.approx(50 / 15)
-    assert c.loc["roi_head", "our speed-up (this machine)"] == pytest.approx(60 / 20)
-    assert c.loc["roi_head", "seed speed-up (RTX 3080, published)"] == 4.0
-    assert c.loc["total", "our speed-up (this machine)"] == pytest.approx(130 / 44)
+    assert c.loc["pre-processing", "ours (this machine)"] == pytest.approx(10 / 4)
+    assert c.loc["backbone", "ours (this machine)"] == pytest.approx(50 / 15)
+    assert c.loc["roi_head", "ours (this machine)"] == pytest.approx(60 / 20)
+    assert c.loc["roi_head", "seed (RTX 3080, published)"] == 4.0
+    assert c.loc["total", "ours (this machine)"] == pytest.approx(130 / 44)
     assert ladder.seed_comparison({"640x480>480x320": t}, "legacy", "+compile", SEED).empty
 
 

@@ -191,3 +191,9 @@ def test_cuda_rows_name_the_gpu_cpu_rows_do_not(tmp_path):
     assert df.loc[0, "gpu"] == "NVIDIA H100 80GB HBM3" and pd.isna(df.loc[1, "gpu"])
     env = json.loads((tmp_path / "environment" / "r.json").read_text())
     assert {"gpu", "mmcv_cuda_ops", "ops_fallback"} <= set(env)
+
+
+def test_options_before_or_after_the_chapters(rs, capsys):
+    for argv in (["study", "--device", "cpu", "no_such_chapter"], ["study", "no_such_chapter", "--device", "cpu"]):
+        assert rs.main(argv) == 2
+        assert "no such chapter: notebooks/no_such_chapter.py" in capsys.readouterr().err

@@ -34,9 +34,9 @@ def preprocess(rows: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, b
     big, load = summary.xs(big_case), summary["load_ms"].groupby(level="case").median()
     pre = summary["pre_ms"].xs("stock", level="variant")
     said = [f"{c}: {verdict_summary(t, 'stock', 'pre-processing')}" for c, t in tables.items()]
-    return {"pre_findings": Md(findings_markdown(said)), "pre_headline": Md(said[-1]),
+    return {"pre_findings": Md(findings_markdown(said)), "pre_headline": Md(said[-1]), "pre_big_case": big_case,
             "pre_auto_chose": ", ".join(f"{c}: {v}" for c, v in summary["chosen"].xs("auto", level="variant").items()),
-            "pre_copy_ratio": float(big.loc["legacy", "MB copied"] / big.loc["device", "MB copied"]),
+            "pre_copy": ", ".join(f"`{v}` {big.loc[v, 'MB copied']:.1f} MB" for v in ("legacy", "stock", "device")),
             "pre_load_vs_pre": ", ".join(f"{c}: {load[c]:.1f} ms against {pre[c]:.1f} ms" for c in pre.index),
             "pre_device_max_levels": float(diffs.loc["device", "max_levels"]),
             "pre_device_mean_levels": float(diffs.loc["device", "mean_levels"])}

@@ -33,6 +33,8 @@ OPENVINO = "+OpenVINO"
 SEED_SYSTEM, SEED_FIRST, SEED_LAST = "mmdet 2.19 (seed)", "inference", "inference_raw_mask"
 #: The seed's stages compared with ours, through ``data/reference/stage_map.csv``.
 SEED_STAGES = ("pre-processing", "backbone", "rpn_head", "roi_head", "total")
+#: ``seed_comparison``'s two ratios: the seed's, from its first row to its last, and ours, from ``legacy``
+SEED_COLUMNS = ("seed (RTX 3080, published)", "ours (this machine)")
 WORKLOAD = ["rpn_nms_in", "bbox_nms_in", "dets_out"]
 AGREEMENT = ["matched_ref", "matched_test", "box_iou_mean", "box_iou_min", "score_diff_max", "mask_iou_mean",
              "mask_identical"]
@@ -343,6 +345,6 @@ def seed_comparison(tables: Mapping[str, pd.DataFrame], first: str, last: str, s
         for st in SEED_STAGES:
             ours = [c for c in smap[st].split("+") if c in t.columns]
             out.append({"case": case, "seed stage": st, "our stages": "+".join(ours),
-                        "seed speed-up (RTX 3080, published)": published.loc[scale, st],
-                        "our speed-up (this machine)": t.loc[first, ours].sum() / t.loc[last, ours].sum()})
+                        SEED_COLUMNS[0]: published.loc[scale, st],
+                        SEED_COLUMNS[1]: t.loc[first, ours].sum() / t.loc[last, ours].sum()})
     return pd.DataFrame(out)
