@@ -89,8 +89,9 @@ def render(executed: Path, results: Path, current: str, out: Path) -> str:
         lines += [f"## [{title}](executed/{chapter}.ipynb)", ""]
         if chapter == CHART[0] and "image/png" in keys[chapter].get(CHART[1], {}):
             lines += [*chart(keys[chapter][CHART[1]], out.parent / "_landing" / "ladder.png"), ""]
-        lines += [*(paste(chapter, key) if key in keys[chapter] else missing(chapter, executed, results, current)),
-                  ""]
+        # a headline glued before glue_markdown added HTML would paste as its repr: treat it as missing
+        has = "text/html" in keys[chapter].get(key, {})
+        lines += [*(paste(chapter, key) if has else missing(chapter, executed, results, current)), ""]
     lines += ["## On your machine", "",
               "`make book` runs the whole study on this machine's CPU and rebuilds this page from its rows; "
               "`make book DEVICE=cuda` runs it on a GPU. Ratios, not times, travel between machines.", ""]

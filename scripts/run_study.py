@@ -230,6 +230,19 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def hide_injected(notebook: Path) -> None:
+    """Collapse papermill's injected-parameters cell, like the chapter's own parameters cell (``hide-cell``): the
+    reader sees results first. Only a tag changes; the cell and its parameters stay in the notebook."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-cell" not in tags:
+            tags.append("hide-cell")
+    nbformat.write(nb, notebook)
+
+
 def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: dict, budget: float,
                 rerun: str, device: str | None = None) -> Outcome:
     from mmdet_speedup.records import new_run_id
@@ -277,6 +290,7 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
         outcome.status, outcome.message = "failed", error_line(tmp_nb, stderr)
         sys.stderr.write(stderr[-4000:])
     if outcome.succeeded:
+        hide_injected(tmp_nb)
         shutil.move(tmp_nb, out_dir / f"{chapter}.ipynb")
         if outcome.seconds > budget:
             outcome.status = "over budget"

@@ -6,38 +6,21 @@ build. The unit test feeds the checker a tiny fake build so that it is shown to 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import load_script, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build" / "html"
 
 
-def _load_checker():
-    spec = importlib.util.spec_from_file_location("check_html", ROOT / "scripts" / "check_html.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_html"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-check_html = _load_checker()
+check_html = load_script("check_html")
 
 
 def _png(blank: bool) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    arr = np.full((8, 8, 3), 255, dtype=np.uint8)
-    if not blank:
-        arr[2:6, 2:6] = (200, 30, 30)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(blank)
 
 
 def test_built_book_is_clean():

@@ -11,12 +11,11 @@ book has not been built (`make html`).
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import load_script, png_bytes
 
 pytestmark = pytest.mark.browser
 
@@ -24,15 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "_build" / "html"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-check_browser = _load("check_browser")
+check_browser = load_script("check_browser")
 PAGES = check_browser.toc_pages(ROOT / "_toc.yml")
 
 
@@ -95,15 +86,7 @@ def test_page_in_browser(page, mirrored, tmp_path):
 
 # -- the checker fails when it should -----------------------------------------------------------------------
 def _png(blank: bool) -> str:
-    import numpy as np
-    from PIL import Image
-
-    arr = np.full((20, 30, 3), 255, dtype=np.uint8)
-    if not blank:
-        arr[5:15, 5:20] = (200, 30, 30)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(blank, (20, 30))).decode()
 
 
 def _page(body: str) -> str:

@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("results_page", ROOT / "scripts" / "results_page.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["results_page"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-results_page = _load()
+results_page = load_script("results_page")
 
 OK, FAILED, PREVIOUS, READ = ("20261201T100000-aaaaaa", "20261201T110000-bbbbbb", "20261130T090000-cccccc",
                               "20261129T080000-dddddd")

@@ -197,3 +197,17 @@ def test_options_before_or_after_the_chapters(rs, capsys):
     for argv in (["study", "--device", "cpu", "no_such_chapter"], ["study", "no_such_chapter", "--device", "cpu"]):
         assert rs.main(argv) == 2
         assert "no such chapter: notebooks/no_such_chapter.py" in capsys.readouterr().err
+
+
+def test_injected_parameters_cell_is_collapsed(rs, tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]}),
+                                         nbformat.v4.new_code_cell("y = 2")])
+    path = tmp_path / "c.ipynb"
+    nbformat.write(nb, path)
+    rs.hide_injected(path)
+    rs.hide_injected(path)  # idempotent
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].metadata.tags == ["injected-parameters", "hide-cell"]
+    assert cells[1].metadata.get("tags", []) == []

@@ -347,4 +347,4 @@ def seed_comparison(tables: Mapping[str, pd.DataFrame], first: str, last: str, s
             out.append({"case": case, "seed stage": st, "our stages": "+".join(ours),
                         SEED_COLUMNS[0]: published.loc[scale, st],
                         SEED_COLUMNS[1]: t.loc[first, ours].sum() / t.loc[last, ours].sum()})
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=["case", "seed stage", "our stages", *SEED_COLUMNS])
