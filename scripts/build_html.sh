@@ -27,6 +27,9 @@ else
   .venv/bin/python scripts/results_page.py  # book/results.md, git-ignored: written fresh every build
   .venv/bin/python scripts/landing_page.py  # book/index.md, the same
 fi
+# the table of contents, with the GPU run set's section where book/executed-cuda/ has chapters
+results=$([[ $root == . ]] && echo data/results || echo "$root/results")
+.venv/bin/python scripts/gpu_pages.py --root "$root" --results "$results" --out "$root/_build/toc.yml"
 rm -rf "$root/_build/html" "$root/_build/.doctrees"  # no stale pages or cached pages from an earlier build
-"$JB" build "$root" -W -n --keep-going --builder html
+"$JB" build "$root" --toc "$(cd "$root" && pwd)/_build/toc.yml" -W -n --keep-going --builder html
 echo "book: $root/_build/html/index.html"

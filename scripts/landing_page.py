@@ -36,6 +36,7 @@ HEADLINES = {
     "07_runtimes": ("Runtimes: the staged pipeline against the whole model deployed", "rt_versus"),
 }
 CHART = ("06_ladder", "lad_chart")
+CUDA = "executed-cuda"  # the GPU run set (scripts/gpu_pages.py)
 
 
 def glued(notebook: Path) -> dict[str, dict]:
@@ -56,8 +57,8 @@ def chart(data: dict, out: Path) -> list[str]:
             ":alt: each ladder row's speed-up against stock, with its 95% interval", "```"]
 
 
-def paste(chapter: str, key: str) -> list[str]:
-    return [f"```{{glue:any}} {key}", f":doc: executed/{chapter}.ipynb", "```"]
+def paste(chapter: str, key: str, folder: str = "executed") -> list[str]:
+    return [f"```{{glue:any}} {key}", f":doc: {folder}/{chapter}.ipynb", "```"]
 
 
 def missing(chapter: str, executed: Path, results: Path, current: str) -> list[str]:
@@ -92,6 +93,9 @@ def render(executed: Path, results: Path, current: str, out: Path) -> str:
         # a headline glued before glue_markdown added HTML would paste as its repr: treat it as missing
         has = "text/html" in keys[chapter].get(key, {})
         lines += [*(paste(chapter, key) if has else missing(chapter, executed, results, current)), ""]
+        if "text/html" in glued(executed.parent / CUDA / f"{chapter}.ipynb").get(key, {}):  # make book DEVICE=cuda
+            lines += ["On the GPU ([the chapter's GPU run](executed-cuda/" + f"{chapter}.ipynb)):", "",
+                      *paste(chapter, key, CUDA), ""]
     lines += ["## On your machine", "",
               "`make book` runs the whole study on this machine's CPU and rebuilds this page from its rows; "
               "`make book DEVICE=cuda` runs it on a GPU. Ratios, not times, travel between machines.", ""]

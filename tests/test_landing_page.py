@@ -46,3 +46,28 @@ def test_headlines_are_pasted_and_a_stale_chapter_is_named(tmp_path):
     assert "prec_headline" not in page
     assert "*Not run yet: `scripts/run_study.py study 05_loading`.*" in page
     assert "2.1x" not in page  # no number is typed: the headline's text stays in the notebook
+
+
+def test_gpu_run_set_gets_a_section_and_its_headlines_beside_the_cpu_ones(tmp_path):
+    import yaml
+
+    gpu_pages = load_script("gpu_pages")
+    root, results = tmp_path, tmp_path / "data" / "results"
+    (results / "environment").mkdir(parents=True)
+    for folder in ("executed", "executed-cuda"):
+        (root / "book" / folder).mkdir(parents=True)
+    (root / "_toc.yml").write_text(yaml.safe_dump({"format": "jb-book", "root": "book/index", "chapters": [
+        {"file": "book/executed/02_precision"}, {"file": "book/executed/03_masks"}, {"file": "book/results"}]}))
+    assert gpu_pages.main(["--root", str(root)]) == 0
+    assert not (root / "book" / "gpu.md").exists()  # no GPU chapters: the toc as it is
+    assert yaml.safe_load((root / "_build" / "toc.yml").read_text())["chapters"][-1] == {"file": "book/results"}
+
+    html = {"text/html": "<p>x</p>", "text/plain": "x"}
+    for folder in ("executed", "executed-cuda"):
+        _notebook(root / "book" / folder / "02_precision.ipynb", [_glue("prec_headline", html)])
+    assert gpu_pages.main(["--root", str(root)]) == 0
+    chapters = yaml.safe_load((root / "_build" / "toc.yml").read_text())["chapters"]
+    assert chapters[2] == {"file": "book/gpu", "sections": [{"file": "book/executed-cuda/02_precision"}]}
+    assert chapters[3] == {"file": "book/results"} and (root / "book" / "gpu.md").is_file()
+    page = landing_page.render(root / "book" / "executed", results, "2.1", root / "book" / "index.md")
+    assert ":doc: executed/02_precision.ipynb" in page and ":doc: executed-cuda/02_precision.ipynb" in page
