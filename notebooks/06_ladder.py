@@ -114,8 +114,9 @@ print("total per image: median, p10, p90 over repeats, and n")
 book.show_table(lad.per_case(rows, cases, ladder.total_spread), 1)
 
 # %% tags=["hide-input"]
-_ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case], "stock", aa=ladder.AA))
-                         for case, t in tables.items()}, ladder.AA, S.STAGES + (S.CONSUMER_RLE,), "against stock")
+vs_stock = {case: stats.ratio_table(rows[rows["case"] == case], "stock", aa=ladder.AA) for case in tables}
+_ = book.profile_figure({case: (t, vs_stock[case]) for case, t in tables.items()}, ladder.AA,
+                        S.STAGES + (S.CONSUMER_RLE,), "against stock")
 
 # %% [markdown] tags=["method"]
 # ## How far can it go?
@@ -150,8 +151,7 @@ book.show_table(lad.seed_comparison(tables).set_index(["case", "seed stage"]), 2
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
 findings.glue_all(findings.ladder(lad, rows, tables, bound_speedups, traded))
-book.glue("lad_chart", book.ratio_figure({c: stats.ratio_table(rows[rows["case"] == c], "stock", aa=ladder.AA)
-                                          for c in cases}, ladder.AA))
+book.glue("lad_chart", book.ratio_figure(vs_stock, ladder.AA))
 ch.glue(lad_low=lad.low, lad_engine=ms.environment.matrix_engine(str(ch.device)))
 
 # %% [markdown]

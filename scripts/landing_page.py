@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_pages import CUDA  # noqa: E402
 from results_page import ROOT, benchmark_version, chapter_runs, load_env, machine, run_version  # noqa: E402
 
 #: chapter -> (its title on this page, the glue key of its headline)
@@ -36,7 +37,6 @@ HEADLINES = {
     "07_runtimes": ("Runtimes: the staged pipeline against the whole model deployed", "rt_versus"),
 }
 CHART = ("06_ladder", "lad_chart")
-CUDA = "executed-cuda"  # the GPU run set (scripts/gpu_pages.py)
 
 
 def glued(notebook: Path) -> dict[str, dict]:

@@ -29,8 +29,9 @@ def glue_all(values: Mapping[str, Any]) -> None:
 
 def preprocess(rows: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, big_case: str) -> dict[str, Any]:
     """01: each path against ``stock`` per case; what ``auto`` chose; bytes copied; decode beside pre-processing."""
-    cases = rows.assign(case=rows["input_size"] + " > " + rows["scale"])
-    tables = ratio_tables(cases, "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR))
+    from .profiler import with_preprocess_case
+
+    tables = ratio_tables(with_preprocess_case(rows), "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR))
     big, load = summary.xs(big_case), summary["load_ms"].groupby(level="case").median()
     pre = summary["pre_ms"].xs("stock", level="variant")
     said = [f"{c}: {verdict_summary(t, 'stock', 'pre-processing')}" for c, t in tables.items()]
@@ -50,15 +51,16 @@ def precision(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: s
     def step(a: str, b: str, stages=feat) -> str:
         return verdict_of(ratio_table(rows, a, stages=stages, aa=aa), b)
 
+    total = step("fp32", pick, (S.TOTAL,))
     steps = [f"channels_last on top of `{low}` autocast, backbone + neck: {step(low, f'{low} +cl')}",
              f"BatchNorm folded on top of `{low} +cl`: {step(f'{low} +cl', f'{low} +cl +foldbn')}",
              f"`{low}-weights` instead of autocast, both with channels_last: {step(f'{low} +cl', f'{low}-weights +cl')}",
              f"`{pick}` (the row with the lowest backbone + neck median) against `fp32`, RoI heads (`roi_bbox` + "
              f"`roi_mask`, which run under the same autocast): {step('fp32', pick, roi)}",
-             f"`{pick}` against `fp32`, end to end: {step('fp32', pick, (S.TOTAL,))}"]
+             f"`{pick}` against `fp32`, end to end: {total}"]
     return {"prec_findings": Md(table_findings(ratios, "fp32", "backbone + neck")),
-            "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {step('fp32', pick)}; end to end "
-                                f"{step('fp32', pick, (S.TOTAL,))}."),
+            "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {verdict_of(ratios, pick)}; end to end "
+                                f"{total}."),
             "prec_steps": Md(findings_markdown(steps)), "prec_pick": pick,
             "prec_pick_box_iou": float(eq.loc[pick, "box_iou_mean"]),
             "prec_pick_feat_err": float(eq.loc[pick, "feature_rel_err"]),

@@ -392,6 +392,11 @@ def stage_gap(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def with_preprocess_case(rows: pd.DataFrame) -> pd.DataFrame:
+    """``run_preprocess`` rows with their case, ``"<input size> > <model scale>"``."""
+    return rows.assign(case=rows["input_size"] + " > " + rows["scale"])
+
+
 def preprocess_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """``run_preprocess`` rows per (case, variant): median wall and CPU ms of ``preprocess + data_preprocessor``
     per image, median ``load`` ms, MB copied, the input's megapixels and what ``auto`` chose (its most common pick).
@@ -400,7 +405,7 @@ def preprocess_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """
     from .models import megapixels
 
-    ok = rows[rows["status"] == "ok"].assign(case=lambda d: d["input_size"] + " > " + d["scale"])
+    ok = with_preprocess_case(rows[rows["status"] == "ok"])
     keys = ["case", "variant", "repeat", "image"]
     wall = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="sum")
     cpu = ok.pivot_table(index=keys, columns="stage", values="cpu_ms", aggfunc="sum")

@@ -320,8 +320,7 @@ def verdict_summary(table: pd.DataFrame, baseline: str, what: str = "", skip: Se
     for word in (FASTER, NO_DIFFERENCE, SLOWER):
         picked = rows[rows["verdict"] == word]
         if len(picked):
-            items = ", ".join(f"`{label}` ({Verdict(word, row_interval(r)).text.split('(', 1)[1]}"
-                              for label, r in picked.iterrows())
+            items = ", ".join(f"`{label}` ({r['text'].split('(', 1)[1]}" for label, r in picked.iterrows())
             groups.append(f"{word}: {items}")
     of = f" ({what})" if what else ""
     return f"Against `{baseline}`{of}, " + "; ".join(groups) + "." if groups else ""
