@@ -80,3 +80,17 @@ def test_int8_auto_row_adds_the_library_levers_to_int8(mask_rcnn):
     assert (c.runtime, c.precision) == ("openvino", "int8")
     assert c.masks != peers.INT8_CHOICES.masks and c.roi_align != peers.INT8_CHOICES.roi_align  # raw masks, threaded RoIAlign
     assert peers.INT8_CHOICES.resolve("cpu", mask_rcnn).masks == "full"
+
+
+def test_a_large_case_runs_only_the_large_rows_and_names_the_rest():
+    staged = peers.staged_rows("cpu", bf16=True)
+    deployed = {f"{peers.DEPLOYED_PREFIX}ort fp32": None, f"{peers.DEPLOYED_PREFIX}ov bf16": None, peers.INT8: None}
+    s, d, left = peers.rows_for_case("1333x800", staged, deployed)
+    assert (list(s), list(d), left) == (list(staged), list(deployed), [])
+    s, d, left = peers.rows_for_case("3840x2304", staged, deployed)
+    assert set(s) | set(d) <= set(peers.LARGE_ROWS) and peers.BASE in s and peers.AA in s
+    assert list(d) == [f"{peers.DEPLOYED_PREFIX}ov bf16"]
+    assert left == [label for label in (*staged, *deployed) if label not in peers.LARGE_ROWS]
+    assert peers.COMPILED_BEST in left and peers.INT8 in left
+    assert set(peers.LARGE_ROWS) <= {*staged, peers.INT8_AUTO, *(f"{peers.DEPLOYED_PREFIX}ov {p}" for p in
+                                                                  ("fp32", "bf16"))}  # no stale names

@@ -141,6 +141,24 @@ def test_failed_variant_becomes_error_row_and_sweep_goes_on(mask_rcnn, image, tm
     assert set(ok["image"]) == {good.name} and set(ok["repeat"]) == {0} and set(ok["variant"]) == {"stock", "legacy"}
 
 
+def test_a_variant_short_of_memory_becomes_an_error_row_before_it_runs(mask_rcnn, image, monkeypatch):
+    """With ``min_free_mb``, a variant whose first pass would start with less memory available is an error row
+    that says so; one that finds enough runs; the sweep goes on either way."""
+    import psutil
+    from collections import namedtuple
+
+    free = iter([10_000, 100])  # MB available before each variant's first pass
+    vm = namedtuple("vm", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm(next(free) * 2**20))
+    prof = Profiler(mask_rcnn, device="cpu", repeats=2, warmup=1, clock=TickClock(), min_free_mb=5000)
+    good = prepare_inputs([image], "320x240")[0]
+    df = prof.run({"stock": STOCK, "legacy": Choices(preprocess="legacy")}, [good])
+    err = df[df["status"] == "error"]
+    assert list(err["variant"]) == ["legacy"] and "100 MB available" in err["message"].iloc[0]
+    assert set(df.loc[df["status"] == "ok", "variant"]) == {"stock"}
+    assert set(df.loc[df["status"] == "ok", "repeat"]) == {0, 1}  # checked once, on the first pass only
+
+
 def test_stage_table_is_per_image():
     """Per repeat, a stage's ms summed over the images; the median over repeats; divided by the image count.
     Error rows are left out; a nested stage gets its own column but stays out of ``stage_gap``'s sum."""

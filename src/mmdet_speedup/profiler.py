@@ -174,7 +174,7 @@ class Profiler:
 
     def __init__(self, model, *, device: str = "auto", recorder: Recorder | None = None, repeats: int | Repeats = 3,
                  warmup: int = 1, threads: int | None = None, clock: Callable[[], float] = time.perf_counter,
-                 consumer: bool = False, progress: bool = False) -> None:
+                 consumer: bool = False, progress: bool = False, min_free_mb: float | None = None) -> None:
         self.model = model
         self.device = resolve_device(device)
         self.recorder = recorder
@@ -186,6 +186,7 @@ class Profiler:
         self.clock = clock
         self.consumer = consumer
         self.progress = progress
+        self.min_free_mb = min_free_mb
 
     def pipeline(self, choices: Choices) -> StagedPipeline:
         return StagedPipeline(self.model, choices, self.device)
@@ -202,7 +203,10 @@ class Profiler:
 
         Each pass runs every variant once, in turn, on every item: on a shared or throttling machine, drift then
         lands on all variants alike instead of on whichever ran last, so ratios from one run stay fair. A variant
-        that fails (building or running) becomes an error row and leaves the sweep; the others go on.
+        that fails (building or running) becomes an error row and leaves the sweep; the others go on. With
+        ``min_free_mb``, a variant whose first pass (where runtimes convert and allocate) would start with less
+        memory available than that becomes an error row instead of running: an out-of-memory kill would lose the
+        whole sweep.
         """
         if self.threads:
             torch.set_num_threads(int(self.threads))
@@ -233,6 +237,8 @@ class Profiler:
                     continue
                 item = None
                 try:
+                    if rep == -self.warmup:
+                        self._check_memory()
                     for item in items:
                         rows = [dict(self.base_row(label, resolved[label], item, extra), repeat=rep, status="ok", **r)
                                 for r in measure(label, pipes[label], resolved[label], item, rep)]
@@ -249,6 +255,16 @@ class Profiler:
         self.last_repeats = df.attrs["repeats"]
         self.built = pipes  # what ran, by label (e.g. to read a runtime's conversion costs)
         return df
+
+    def _check_memory(self) -> None:
+        if self.min_free_mb is None:
+            return
+        import psutil
+
+        free = psutil.virtual_memory().available / 2**20
+        if free < self.min_free_mb:
+            raise MemoryError(f"not run: {free:.0f} MB available before its first pass, under the "
+                              f"{self.min_free_mb:.0f} MB this sweep asks for")
 
     def _progress(self, labels: list[str], rep: int):
         if not self.progress:
