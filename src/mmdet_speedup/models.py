@@ -93,6 +93,16 @@ def megapixels(text: str | tuple[int, int]) -> float:
     return w * h / 1e6
 
 
+#: The study's reference scale: cases with more pixels are "large" (fewer repeats allowed, fewer runtime rows).
+STUDY_SCALE = "1333x800"
+
+
+def above_study_scale(text: str | tuple[int, int]) -> bool:
+    w, h = size(text)
+    W, H = size(STUDY_SCALE)
+    return w * h > W * H
+
+
 def config_path(config: str | os.PathLike) -> Path:
     """A config path, or the name of one of mmdet's packaged configs (e.g. ``mask-rcnn_r50_fpn_1x_coco``)."""
     p = Path(config)

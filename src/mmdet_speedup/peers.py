@@ -22,6 +22,7 @@ import torch
 from . import runtimes
 from .choices import STOCK, Choices
 from .equivalence import compare
+from .models import STUDY_SCALE, above_study_scale
 from .pipeline import StagedPipeline, load_image
 from .profiler import Built
 
@@ -33,11 +34,10 @@ INT8_AUTO = "ov int8 auto (changes results)"
 #: The stages a runtime converts (backbone, neck, RPN head, and the RoI heads' convolutions and linears).
 CONVERTED = ("backbone", "neck", "rpn", "roi_bbox", "roi_mask")
 DEPLOYED_PREFIX = "mmdeploy → "
-#: Above this many input pixels (1333x800) a case runs only ``LARGE_ROWS``: every row's compiled graphs and arenas
-#: live at once in an interleaved sweep, and at 3840x2304 the fourteen rows outgrew the study machine's 24 GB (the
-#: kernel was killed for memory on 2026-11-24, run 377f80). Kept: the baseline and its A/A, torch's best,
-#: OpenVINO's best staged and deployed rows at the lowest precision, and int8 with the library's levers.
-LARGE_PIXELS = 1333 * 800
+#: A case above the study's scale (``models.above_study_scale``) runs only ``LARGE_ROWS``: every row's compiled
+#: graphs and arenas live at once in an interleaved sweep, and at 3840x2304 the fourteen rows outgrew the study
+#: machine's 24 GB (the kernel was killed for memory on 2026-11-24, run 377f80). Kept: the baseline and its A/A,
+#: torch's best, OpenVINO's best staged and deployed rows at the lowest precision, and int8 with the library's levers.
 LARGE_ROWS = ("stock", "stock (A/A)", "torch auto (eager)", "ov auto (bf16)", "mmdeploy → ov bf16",
               "ov int8 auto (changes results)")
 #: A large case's row starts its first pass only with this much memory available (else it is an error row):
@@ -207,7 +207,7 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     ch.equivalence(f"{ch.name}_equivalence", makers, images, case=case)
     traded = repeats_sentence(prof.last_repeats)
     if left_out:
-        traded += (f"; rows left out above {LARGE_PIXELS / 1e6:.2f} megapixels, where every row's graphs at once "
+        traded += (f"; rows left out above {STUDY_SCALE}, where every row's graphs at once "
                    f"outgrow this machine's memory: {', '.join(left_out)}")
     runtimes.clear_cache()
     gc.collect()
@@ -216,12 +216,9 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
 
 def rows_for_case(size: str, staged: Mapping[str, Any], deployed: Mapping[str, Any],
                   keep: Sequence[str] = LARGE_ROWS) -> tuple[dict, dict, list[str]]:
-    """The staged and deployed rows a case of input ``size`` (WxH) runs: all of them up to ``LARGE_PIXELS``,
+    """The staged and deployed rows a case of input ``size`` (WxH) runs: all of them up to the study's scale,
     above it only those named in ``keep``; and the labels left out, in order."""
-    from .checks import size as wxh
-
-    w, h = wxh(size)
-    if w * h <= LARGE_PIXELS:
+    if not above_study_scale(size):
         return dict(staged), dict(deployed), []
     left_out = [label for label in (*staged, *deployed) if label not in keep]
     return ({k: v for k, v in staged.items() if k in keep}, {k: v for k, v in deployed.items() if k in keep},

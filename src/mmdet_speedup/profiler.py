@@ -128,9 +128,9 @@ class Repeats:
                   budget_s: float | None = None) -> "Repeats":
         """The study's rule: exactly ``repeats`` passes up to 1333x800 pixels; above, at least ``large_min`` and
         at most ``repeats``, stopping early only where every interval is already narrower than ``width``."""
-        from .models import megapixels
+        from .models import above_study_scale
 
-        large = megapixels(scale) > megapixels("1333x800") + 1e-9
+        large = above_study_scale(scale)
         return cls(min(large_min, repeats) if large else repeats, repeats, width, budget_s if large else None)
 
 
