@@ -19,7 +19,7 @@ def test_optimize_one_call_and_report(mask_rcnn, images):
     assert p.choices == Choices.auto().resolve("cpu", mask_rcnn)  # optimize decides nothing of its own
     assert p.choices.precision == ("bf16" if cpu_has_bf16() else "fp32") and p.choices.masks == "raw"
     assert p.choices.channels_last is (p.choices.precision != "fp32") and p.choices.roi_align == "threaded"
-    assert p.pipeline.model is not mask_rcnn and p.reference.model is mask_rcnn  # the stock model is not touched
+    assert p.pipeline.model is not mask_rcnn and p.reference.pipeline.model is mask_rcnn  # the stock model is not touched
     assert p.choices.runtime == "auto"  # measured on the first image of each input shape
     dets = p.predict(images[:1])
     assert len(dets) == 1 and len(dets[0]) >= 50
@@ -29,6 +29,25 @@ def test_optimize_one_call_and_report(mask_rcnn, images):
     r = rep.iloc[0]
     assert r["matched_ref"] == 1.0 and r["box_iou_min"] == 1.0 and r["mask_iou_min"] == 1.0
     assert r["feature_rel_err"] == 0.0 and r["mask_prob_diff_max"] == 0.0
+
+
+def test_rows_sharing_a_reference_run_it_once_per_image_and_report_what_their_own_would(mask_rcnn, images,
+                                                                                       monkeypatch):
+    from mmdet_speedup import Choices
+    from mmdet_speedup.optimize import Predictor, Reference
+
+    ref, calls = Reference.of(mask_rcnn, STOCK, "cpu"), []
+    call = StagedPipeline.__call__
+    monkeypatch.setattr(StagedPipeline, "__call__",
+                        lambda self, *a, **k: (calls.append(self) if self is ref.pipeline else None,
+                                               call(self, *a, **k))[1])
+    choices = Choices(preprocess="stock", precision="fp32", masks="raw", runtime="torch")
+    shared = [Predictor(mask_rcnn, c, "cpu", reference=ref).equivalence_report(images[:1]) for c in (STOCK, choices)]
+    own = Predictor(mask_rcnn, choices, "cpu").equivalence_report(images[:1])
+    assert len(calls) == 1  # two rows, one image: stock ran once
+    assert shared[0].iloc[0]["mask_iou_min"] == 1.0 and shared[0].iloc[0]["feature_rel_err"] == 0.0
+    cols = ["matched_ref", "box_iou_min", "mask_iou_min", "feature_rel_err", "mask_prob_diff_max"]
+    assert shared[1][cols].equals(own[cols])  # the memo changes nothing a row reports
 
 
 def test_report_cannot_pass_vacuously(mask_rcnn, image):

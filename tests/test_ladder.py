@@ -200,11 +200,11 @@ def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_worklo
     makers = lad.predictors(mask_rcnn, fewer)
     assert list(makers) == lad.rows
     p = makers[lad.fewer]()
-    assert p.reference.model is mask_rcnn and p.reference.choices == STOCK
+    assert p.reference.pipeline.model is mask_rcnn and p.reference.pipeline.choices == STOCK
     assert p.choices == lad.choices[lad.path]
     assert p.pipeline.model.rpn_head.test_cfg["max_per_img"] == 100
     stock = makers["stock"]()
-    assert stock.pipeline.model is mask_rcnn and stock.reference.model is mask_rcnn
+    assert stock.pipeline.model is mask_rcnn and stock.reference is p.reference  # stock runs once for all rows
 
 
 class _FakeProfiler:

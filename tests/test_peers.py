@@ -94,3 +94,18 @@ def test_a_large_case_runs_only_the_large_rows_and_names_the_rest():
     assert peers.COMPILED_BEST in left and peers.INT8 in left
     assert set(peers.LARGE_ROWS) <= {*staged, peers.INT8_AUTO, *(f"{peers.DEPLOYED_PREFIX}ov {p}" for p in
                                                                   ("fp32", "bf16"))}  # no stale names
+    said = peers.left_out_sentence(left)
+    assert peers.COMPILED_BEST in said.split("left out: ")[0] and said.count(peers.INT8) == 1
+    assert f"{peers.INT8} left out: {peers.TOO_LARGE[peers.INT8]}" in said  # its own reason, not the shared rule
+
+
+def test_percent_of_peak_holds_each_row_to_the_peak_of_its_own_dtype_and_leaves_out_the_deployed_graphs():
+    deployed = f"{peers.DEPLOYED_PREFIX}ov bf16"
+    table = pd.DataFrame({S.BACKBONE: [100.0, 50.0, 25.0, float("nan")], S.TOTAL: [300.0, 200.0, 100.0, 150.0]},
+                         index=[peers.BASE, "ov auto (bf16)", peers.INT8_AUTO, deployed])
+    rows = pd.DataFrame({"variant": list(table.index), "precision": ["fp32", "bf16", "int8", "bf16"]})
+    peaks = {"matmul_gflops": {"float32": 1000.0, "bfloat16": 4000.0, "int8": 8000.0}}
+    pct = peers.percent_of_peak(table, rows, {S.BACKBONE: 50e9}, peaks)
+    assert list(pct.index) == [peers.BASE, "ov auto (bf16)", peers.INT8_AUTO]  # no per-stage time, no row
+    # 50 GFLOP in 100 ms is 500 GFLOP/s: half the fp32 peak; in 50 ms a quarter of bf16's; in 25 ms of int8's
+    assert pct[f"{S.BACKBONE} % of peak"].tolist() == pytest.approx([50.0, 25.0, 25.0])

@@ -19,7 +19,7 @@ from . import precision, roofline
 from . import stages as S
 from .choices import STOCK, Choices
 from .models import clone, set_workload
-from .optimize import Predictor
+from .optimize import Predictor, Reference
 from .pipeline import StagedPipeline
 from .profiler import stage_summary, stage_table
 from .project import reference_dir, seed_figures
@@ -210,11 +210,11 @@ class Ladder:
     def predictors(self, model, fewer_model) -> dict[str, Callable[[], Predictor]]:
         """Per row, a function making its ``Predictor`` (for ``Chapter.equivalence``). Every row is checked against
         ``stock`` on ``model``; the ``fewer`` row runs ``fewer_model`` and is checked against the stock model with
-        the stock workload, so what it changes shows."""
-        makers: dict[str, Callable[[], Predictor]] = {row: partial(Predictor, model, c, self.device)
+        the stock workload, so what it changes shows. The rows share one ``Reference``: ``stock`` runs once."""
+        ref = Reference.of(model, STOCK, self.device)
+        makers: dict[str, Callable[[], Predictor]] = {row: partial(Predictor, model, c, self.device, reference=ref)
                                                 for row, c in self.choices.items()}
-        makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.path], self.device,
-                                               reference=StagedPipeline(model, STOCK, self.device))
+        makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.path], self.device, reference=ref)
         return makers
 
     def tables(self, rows: pd.DataFrame, agreement: pd.DataFrame | None,

@@ -1,11 +1,13 @@
 """The one-call API: ``optimize(model, ...)`` binds stage choices and checks them against the stock model."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import hashlib
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 
 from .choices import STOCK, Choices
 from .equivalence import compare, match, relative_error
@@ -14,22 +16,63 @@ from .pipeline import Detections, ImageLike, StagedPipeline, load_image
 from .timing import resolve_device
 
 
+class ReferenceOutputs(NamedTuple):
+    detections: Detections
+    maps: tuple  # backbone(+neck) maps on the reference's own model input
+    probs: Tensor | None  # raw mask probabilities, before the 0.5 threshold; None without a mask head
+
+
+class Reference:
+    """The pipeline rows are checked against, run once per image however many rows share it: an agreement
+    check of every rung of a ladder against ``stock`` ran ``stock`` once per rung (at 3840x2304 that was most of
+    the ladder chapter's agreement time). Memoizes by image content, so only share it across rows whose
+    reference is the same model and choices."""
+
+    def __init__(self, pipeline: StagedPipeline) -> None:
+        self.pipeline = pipeline
+        self._memo: dict[tuple, ReferenceOutputs] = {}
+
+    @classmethod
+    def of(cls, model, choices: Choices = STOCK, device: str | torch.device = "auto") -> "Reference":
+        return cls(StagedPipeline(model, choices, resolve_device(device)))
+
+    def __repr__(self) -> str:
+        return f"Reference({self.pipeline.choices.label()})"
+
+    @property
+    def with_mask(self) -> bool:
+        return self.pipeline.with_mask
+
+    def prepare(self, img: np.ndarray):
+        return self.pipeline.prepare(img)
+
+    def outputs(self, img: np.ndarray) -> ReferenceOutputs:
+        key = (img.shape, str(img.dtype), hashlib.blake2b(np.ascontiguousarray(img).data, digest_size=16).digest())
+        if key not in self._memo:
+            p = self.pipeline
+            probs = p.postprocess_masks(p.mask_inputs(img), variant="raw")[1].probs if p.with_mask else None
+            self._memo[key] = ReferenceOutputs(p(img), p.features(p.prepare(img)[0]).maps, probs)
+        return self._memo[key]
+
+
 class Predictor:
     """A stock mmdet model with stage choices bound; ``predict`` runs them, ``equivalence_report`` checks them.
 
-    ``reference`` is what equivalence is measured against: a pipeline, or choices for one on ``model``
-    (default: ``STOCK``, mmdet 3.3's path). A pipeline lets the reference be another model, e.g. the stock
-    workload when the predictor's model keeps fewer proposals.
+    ``reference`` is what equivalence is measured against: a ``Reference`` (shared by rows checked against
+    the same pipeline), a pipeline, or choices for one on ``model`` (default: ``STOCK``, mmdet 3.3's path). A
+    pipeline lets the reference be another model, e.g. the stock workload when the predictor's model keeps fewer
+    proposals.
     """
 
     def __init__(self, model, choices: Choices = Choices.auto(), device: str | torch.device = "auto", *,
-                 reference: StagedPipeline | Choices = STOCK) -> None:
+                 reference: Reference | StagedPipeline | Choices = STOCK) -> None:
         check_two_stage(model)
         self.device = resolve_device(device)
         self.pipeline = StagedPipeline(model, choices, self.device)
         self.choices = self.pipeline.choices
-        self.reference = reference if isinstance(reference, StagedPipeline) else \
-            StagedPipeline(model, reference, self.device)
+        if isinstance(reference, Choices):
+            reference = StagedPipeline(model, reference, self.device)
+        self.reference = reference if isinstance(reference, Reference) else Reference(reference)
 
     def __repr__(self) -> str:
         return f"Predictor({self.choices.label()}, device={self.device})"
@@ -44,8 +87,9 @@ class Predictor:
 
     def features(self, image: ImageLike) -> tuple[tuple, tuple]:
         """Backbone(+neck) maps of the reference and of this predictor on the same (reference) model input."""
-        inputs, _ = self.reference.prepare(image)
-        return self.reference.features(inputs).maps, self.pipeline.features(inputs).maps
+        img = load_image(image)
+        inputs, _ = self.reference.prepare(img)
+        return self.reference.outputs(img).maps, self.pipeline.features(inputs).maps
 
     def equivalence_report(self, images: Sequence[ImageLike]) -> pd.DataFrame:
         """One row per image: agreement with the reference, plus soft figures (features, mask probabilities)."""
@@ -54,8 +98,8 @@ class Predictor:
                  for k, i in enumerate(images)]
         for name, image in zip(names, images):
             img = load_image(image)
-            ref, test = self.reference(img), self.pipeline(img)
-            row = {"image": name, "variant": self.choices.label(), **compare(ref, test).as_dict(),
+            ref, test = self.reference.outputs(img), self.pipeline(img)
+            row = {"image": name, "variant": self.choices.label(), **compare(ref.detections, test).as_dict(),
                    "feature_rel_err": relative_error(*self.features(img))}
             if self.pipeline.with_mask and self.reference.with_mask:
                 row["mask_prob_diff_max"] = self._prob_diff(img, ref, test)
@@ -66,18 +110,19 @@ class Predictor:
         """Box and mask AP of the reference and of this predictor (needs a real checkpoint to mean anything)."""
         from .coco import evaluate
 
-        return pd.DataFrame([{"variant": "reference", **evaluate(self.reference, ann_file, img_dir, max_images)},
+        return pd.DataFrame([{"variant": "reference",
+                              **evaluate(self.reference.pipeline, ann_file, img_dir, max_images)},
                              {"variant": self.choices.label(),
                               **evaluate(self.pipeline, ann_file, img_dir, max_images)}])
 
-    def _prob_diff(self, img, ref: Detections, test: Detections) -> float:
+    def _prob_diff(self, img, ref: ReferenceOutputs, test: Detections) -> float:
         """Max mask-probability difference over matched pairs (soft: before the 0.5 threshold)."""
-        pairs = match(ref, test)
+        pairs = match(ref.detections, test)
         if not pairs:
             return float("nan")
-        raw_ref, raw_test = (p.postprocess_masks(p.mask_inputs(img), variant="raw")[1]
-                             for p in (self.reference, self.pipeline))
-        return float(max((raw_ref.probs[i] - raw_test.probs[j]).abs().max() for i, j, _ in pairs))
+        p = self.pipeline
+        probs = p.postprocess_masks(p.mask_inputs(img), variant="raw")[1].probs
+        return float(max((ref.probs[i] - probs[j]).abs().max() for i, j, _ in pairs))
 
 
 def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks: str = "auto",

@@ -19,10 +19,11 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from . import runtimes
+from . import roofline, runtimes
 from .choices import STOCK, Choices
 from .equivalence import compare
 from .models import STUDY_SCALE, above_study_scale
+from .optimize import Reference
 from .pipeline import StagedPipeline, load_image
 from .profiler import Built
 
@@ -37,11 +38,13 @@ DEPLOYED_PREFIX = "mmdeploy → "
 #: A case above the study's scale (``models.above_study_scale``) runs only ``LARGE_ROWS``: every row's compiled
 #: graphs and arenas live at once in an interleaved sweep, and at 3840x2304 the fourteen rows outgrew the study
 #: machine's 24 GB (the kernel was killed for memory on 2026-11-24, run 377f80). Kept: the baseline and its A/A,
-#: torch's best, OpenVINO's best staged and deployed rows at the lowest precision, and int8 with the library's levers.
-LARGE_ROWS = ("stock", "stock (A/A)", "torch auto (eager)", "ov auto (bf16)", "mmdeploy → ov bf16",
-              "ov int8 auto (changes results)")
-#: A large case's row starts its first pass only with this much memory available (else it is an error row):
-#: at 1333x800 a runtime row's conversion grew the process by up to 620 MB, x8.3 the pixels at 3840x2304.
+#: torch's best, and OpenVINO's best staged and deployed rows at the lowest precision that keeps results.
+LARGE_ROWS = ("stock", "stock (A/A)", "torch auto (eager)", "ov auto (bf16)", "mmdeploy → ov bf16")
+#: Why a row cannot run above the study's scale on its own, beyond the rule above (measured, with the script that
+#: shows it): NNCF's quantization of the int8 rows grew a process holding nothing else to 24 GB and was killed
+#: (``scripts/probe_row_memory.py int8``, 2026-11-24: 5.4 GB after calibration, killed while quantizing).
+TOO_LARGE = {INT8: "NNCF's quantization at this size alone outgrows this machine's memory",
+             INT8_AUTO: "NNCF's quantization at this size alone outgrows this machine's memory"}
 LARGE_MIN_FREE_MB = 6000
 
 
@@ -111,9 +114,9 @@ def first_call_costs(built: Mapping[str, Any], export_s: float = 0.0) -> pd.Data
 
 
 class DeployedPredictor:
-    """A deployed graph held against a reference pipeline (``stock``), for ``Chapter.equivalence``."""
+    """A deployed graph held against a reference (``stock``), for ``Chapter.equivalence``."""
 
-    def __init__(self, deployed, reference: StagedPipeline) -> None:
+    def __init__(self, deployed, reference: Reference) -> None:
         self.deployed, self.reference = deployed, reference
 
     def equivalence_report(self, images: Sequence) -> pd.DataFrame:
@@ -123,7 +126,7 @@ class DeployedPredictor:
             start = time.perf_counter()
             test = self.deployed(img)
             rows.append({"image": f"image{k}", "variant": repr(self.deployed),
-                         **compare(self.reference(img), test).as_dict(), "seconds": time.perf_counter() - start})
+                         **compare(self.reference.outputs(img).detections, test).as_dict(), "seconds": time.perf_counter() - start})
         return pd.DataFrame(rows)
 
 
@@ -179,7 +182,7 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     """One case of the runtimes chapter, recorded through ``ch`` (a ``book.Chapter``): mmdeploy's export, one
     interleaved sweep of the staged and deployed rows, their first-call costs (table ``07_runtimes_first_call``)
     and their agreement with ``stock`` (``07_runtimes_equivalence``). Returns what the sweep traded (repeats),
-    the export and the first-call table."""
+    the export, the first-call table and the counted stages' FLOPs (``roofline.stage_flops``)."""
     from .ladder import split_case
     from .optimize import Predictor
     from .profiler import repeats_sentence
@@ -189,6 +192,7 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     gc.collect()
     samples, model = ch.samples(size), ch.model(scale=scale)
     images = [s.data for s in samples]
+    flops = roofline.stage_flops(StagedPipeline(model, device=ch.device), images[0])
     deployed, export = deployed_rows(model, samples[0].data, bf16=bf16)
     if torch.device(ch.device).type == "cpu" and runtimes.available(runtimes.OPENVINO):
         deployed[INT8] = Built(partial(int8_pipeline, model, images, ch.device), INT8_CHOICES)
@@ -201,17 +205,27 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     prof.built.clear()  # the agreement check below builds each row again, one at a time
     gc.collect()
     ch.record(f"{ch.name}_first_call", first)
-    makers = {label: partial(Predictor, model, c, ch.device) for label, c in staged.items()}
-    makers |= {label: partial(lambda b: DeployedPredictor(b.make(), StagedPipeline(model)), b)
+    ref = Reference.of(model, STOCK, ch.device)  # stock runs once for every row's check
+    makers = {label: partial(Predictor, model, c, ch.device, reference=ref) for label, c in staged.items()}
+    makers |= {label: partial(lambda b: DeployedPredictor(b.make(), ref), b)
                for label, b in deployed.items()}  # the int8 row's make() calibrates its own pipeline
     ch.equivalence(f"{ch.name}_equivalence", makers, images, case=case)
     traded = repeats_sentence(prof.last_repeats)
     if left_out:
-        traded += (f"; rows left out above {STUDY_SCALE}, where every row's graphs at once "
-                   f"outgrow this machine's memory: {', '.join(left_out)}")
+        traded += f"; {left_out_sentence(left_out)}"
     runtimes.clear_cache()
     gc.collect()
-    return {"traded": traded, "export": export, "first_call": first.set_index("row"), "left_out": left_out}
+    return {"traded": traded, "export": export, "first_call": first.set_index("row"), "left_out": left_out,
+            "flops": flops}
+
+
+def percent_of_peak(table: pd.DataFrame, rows: pd.DataFrame, flops: Mapping[str, float],
+                    peaks: Mapping[str, Any]) -> pd.DataFrame:
+    """Each row's counted stages (``roofline.COUNTED``) as % of this machine's matrix peak for the dtype they
+    compute in (the row's ``precision``: fp32, bf16 or int8), from a ``case_table`` and the case's profiler rows;
+    rows without per-stage times (the deployed graphs) are left out."""
+    precision = rows.groupby("variant")["precision"].first().reindex(table.index).fillna("fp32")
+    return roofline.percent_table(table, flops, peaks, precision.to_dict()).dropna(how="all")
 
 
 def rows_for_case(size: str, staged: Mapping[str, Any], deployed: Mapping[str, Any],
@@ -223,6 +237,16 @@ def rows_for_case(size: str, staged: Mapping[str, Any], deployed: Mapping[str, A
     left_out = [label for label in (*staged, *deployed) if label not in keep]
     return ({k: v for k, v in staged.items() if k in keep}, {k: v for k, v in deployed.items() if k in keep},
             left_out)
+
+
+def left_out_sentence(left_out: Sequence[str]) -> str:
+    """Which rows a large case left out, and why (``TOO_LARGE``, else the rule of ``LARGE_ROWS``)."""
+    rule = [label for label in left_out if label not in TOO_LARGE]
+    parts = [f"rows left out above {STUDY_SCALE}, where every row's graphs at once outgrow this machine's memory: "
+             f"{', '.join(rule)}"] if rule else []
+    for why in dict.fromkeys(TOO_LARGE[label] for label in left_out if label in TOO_LARGE):
+        parts.append(f"{', '.join(label for label in left_out if TOO_LARGE.get(label) == why)} left out: {why}")
+    return "; ".join(parts)
 
 
 def throughput_rows(onnx_path: str | Path, bf16: bool) -> dict[str, Built]:
