@@ -17,6 +17,15 @@ def _threads():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory):
+    """Conditioned models are kept for this session only: a test never reads weights another run conditioned."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMDET_SPEEDUP_MODEL_CACHE", str(tmp_path_factory.mktemp("models")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def images() -> list[Path]:
     assert IMAGES, "data/images/*.jpg missing"

@@ -1,6 +1,7 @@
 """The one writer of rows and its header policy, and where a project's files are found. No models built."""
 from __future__ import annotations
 
+import json
 import os
 
 import cv2
@@ -130,3 +131,13 @@ def test_git_sha_outside_a_repository_is_unknown(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above tmp either
     assert git_sha() == "unknown"
+
+
+def test_a_second_recorder_of_a_run_keeps_what_the_run_added_to_its_environment_record(tmp_path):
+    first = Recorder(tmp_path / "rows.csv", notebook="07_runtimes", run_id="r1")
+    env = tmp_path / "environment" / "r1.json"
+    env.write_text(json.dumps({**json.loads(env.read_text()), "roofline_peaks": {"float32": 191.0}}))
+    Recorder(tmp_path / "07_runtimes_throughput.csv", notebook="other", run_id="r1")
+    record = json.loads(env.read_text())
+    assert record["roofline_peaks"] == {"float32": 191.0} and record["notebook"] == "07_runtimes"
+    assert record["benchmark_version"] == first.env["benchmark_version"]

@@ -130,3 +130,24 @@ def test_conditioned_workload_looks_trained_on_every_study_image(mask_rcnn):
         assert float(d.scores.min()) >= 0.05
         fill = d.masks.to_full().flatten(1).float().mean(1)
         assert float((fill > 0).float().mean()) > 0.5 and float(fill.max()) < 1, path.name
+
+
+def test_a_conditioned_model_from_the_cache_is_the_model_conditioning_makes(tmp_path, monkeypatch):
+    """The cache of conditioned weights changes nothing: same weights, same random state after the build; a
+    broken file is conditioned again; ``0`` turns it off."""
+    from mmdet_speedup import Workload, build_detector
+
+    def build():
+        model = build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(scale=(320, 224)))
+        return model.state_dict(), torch.rand(3)  # the draw after the build: the random state conditioning left
+
+    monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE", "0")
+    fresh, draw = build()
+    monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE", str(tmp_path))
+    assert build()[1].equal(draw) and len(list(tmp_path.glob("*.pt"))) == 1  # conditioned, then kept
+    for kept in ("cached", "broken"):
+        state, after = build()
+        assert set(state) == set(fresh) and all(state[k].equal(fresh[k]) for k in fresh) and after.equal(draw)
+        next(tmp_path.glob("*.pt")).write_bytes(b"not a checkpoint")  # the second round reads a broken file
+    monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE", "0")
+    assert torch.equal(build()[1], draw)

@@ -46,8 +46,12 @@ class Recorder:
         self.env = {"benchmark_version": BENCHMARK_VERSION, **environment(params)}
         env_dir = Path(env_dir) if env_dir else self.path.parent / "environment"
         env_dir.mkdir(parents=True, exist_ok=True)
-        (env_dir / f"{self.run_id}.json").write_text(json.dumps({"run_id": self.run_id, "notebook": notebook,
-                                                                  **self.env}, indent=2, default=str))
+        path = env_dir / f"{self.run_id}.json"
+        # a second recorder of the same run (a chapter's throughput table) keeps what the run added to the record
+        # (``Chapter.record_environment``: the roofline's peaks), and the first recorder's notebook
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**kept, "run_id": self.run_id, "notebook": kept.get("notebook") or notebook,
+                                    **self.env}, indent=2, default=str))
 
     def write(self, rows: Iterable[Mapping[str, Any]]) -> int:
         now = _dt.datetime.now().isoformat(timespec="seconds")
