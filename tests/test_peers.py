@@ -109,3 +109,14 @@ def test_percent_of_peak_holds_each_row_to_the_peak_of_its_own_dtype_and_leaves_
     assert list(pct.index) == [peers.BASE, "ov auto (bf16)", peers.INT8_AUTO]  # no per-stage time, no row
     # 50 GFLOP in 100 ms is 500 GFLOP/s: half the fp32 peak; in 50 ms a quarter of bf16's; in 25 ms of int8's
     assert pct[f"{S.BACKBONE} % of peak"].tolist() == pytest.approx([50.0, 25.0, 25.0])
+
+
+def test_the_staged_against_deployed_verdict_is_held_to_the_sweeps_aa_floor():
+    drift = [1.0, 1.3, 0.8, 1.2, 0.9, 1.1, 1.0]  # shared by every row: paired ratios stay narrow
+    wobble = [1.0, 1.1, 0.9, 1.08, 0.93, 1.0, 1.06]
+    rows = _rows({"stock": ("fp32", [100 * d for d in drift]),
+                  "ort fp32": ("fp32", [96 * d for d in drift]),  # a steady 1.04x over the deployed row ...
+                  f"{peers.DEPLOYED_PREFIX}ov fp32": ("fp32", [100 * d for d in drift])})
+    assert peers.versus_deployed(rows).loc["fp32", "verdict"] == "faster"  # ... faster with no A/A in the sweep
+    noisy = pd.concat([rows, _rows({peers.AA: ("fp32", [100 * d * w for d, w in zip(drift, wobble)])})])
+    assert peers.versus_deployed(noisy).loc["fp32", "verdict"] == "no measurable difference"  # inside its floor

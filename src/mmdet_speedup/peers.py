@@ -133,10 +133,12 @@ class DeployedPredictor:
 def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
     """Per precision, the fastest staged row (median ``total``) against the fastest deployed row at the same
     precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
-    as the baseline: above 1 the library is faster). One case's profiler rows; empty where either side is missing."""
+    as the baseline: above 1 the library is faster), held to the A/A floor of ``stock``. One case's profiler rows;
+    empty where either side is missing."""
     from . import stages as S
-    from .stats import ratio_table
+    from .stats import aa_floor, ratio_table
 
+    floor = aa_floor(rows, BASE, AA)  # each verdict held to the sweep's noise floor, like every other
     ok = rows[(rows["status"] == "ok") & (rows["stage"] == S.TOTAL)]
     med = ok.groupby(["variant", "precision"])["ms"].median().reset_index()
     med = med[~med["variant"].isin([AA])]
@@ -147,7 +149,7 @@ def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
         if deployed.empty or staged.empty:
             continue
         d, s_ = deployed.loc[deployed["ms"].idxmin(), "variant"], staged.loc[staged["ms"].idxmin(), "variant"]
-        r = ratio_table(rows[rows["variant"].isin([d, s_])], d).loc[s_]
+        r = ratio_table(rows[rows["variant"].isin([d, s_])], d, floor=floor).loc[s_]
         out.append({"precision": prec, "staged fastest": s_, "deployed fastest": d, "ratio": r["ratio"],
                     "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
     return pd.DataFrame(out, columns=["precision", "staged fastest", "deployed fastest", "ratio", "lo", "hi", "n",
@@ -167,15 +169,16 @@ def int8_pipeline(model, images: Sequence, device, choices: Choices = INT8_CHOIC
 
 
 def int8_versus(rows: pd.DataFrame, against: str = "ov bf16", row: str = INT8) -> pd.Series | None:
-    """An int8 ``row`` against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict;
-    None when either row is missing."""
-    from .stats import ratio_table
+    """An int8 ``row`` against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict,
+    held to the A/A floor of ``stock`` on the same stages; None when either row is missing."""
+    from .stats import aa_floor, ratio_table
 
     ok = rows[rows["status"] == "ok"]
     if not {row, against} <= set(ok["variant"]):
         return None
     stages = [s for s in CONVERTED if s in set(ok["stage"])]
-    return ratio_table(ok[ok["variant"].isin([against, row])], against, stages=stages).loc[row]
+    return ratio_table(ok[ok["variant"].isin([against, row])], against, stages=stages,
+                       floor=aa_floor(ok, BASE, AA, stages=stages)).loc[row]
 
 
 def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[str, Any]:

@@ -133,7 +133,8 @@ def _per_repeat(rows: pd.DataFrame, stages: Sequence[str], by: list[str], key: l
 
 def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("total",),
                 by: Sequence[str] = ("variant",), aa: Any = None, key: Sequence[str] = ("repeat",),
-                paired: bool = True, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+                paired: bool = True, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                floor: Interval | None = None) -> pd.DataFrame:
     """One row per variant: median ms per image of ``stages``, n, ratio against ``baseline``, interval, verdict.
 
     ``rows`` are the profiler's tidy rows (variant, stage, repeat, image, ms, status); only ``status == "ok"``
@@ -141,7 +142,9 @@ def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("
     in that repeat (an image that failed on one side leaves both, so a failure never reads as a speed-up), then
     paired with the baseline's repeat by ``key``. "median ms" is per image (the book's unit), over repeats.
     ``aa`` names the A/A variant (a second run of the baseline in the same sweep): its interval against the
-    baseline is the floor every other verdict is held to; its own verdict has no floor. The baseline's row has
+    baseline is the floor every other verdict is held to; its own verdict has no floor. ``floor``: the sweep's
+    A/A interval when the baseline is not the A/A's (two rows of a sweep compared with each other, neither of them
+    ``stock``: ``aa_floor``); ``aa`` wins where both are given. The baseline's row has
     ratio 1 and the text "baseline". Rows of one sweep only: a caller with several cases (a ``case`` or
     ``scale`` column) filters to one case first, or the repeats of different cases would be summed together.
     """
@@ -170,7 +173,7 @@ def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("
     aa_label = None if aa is None else as_label(aa)
     if aa_label is not None and aa_label not in groups:
         raise ValueError(f"A/A variant {aa!r} has no ok rows")
-    floor = None if aa_label is None else compare(aa_label)[0]
+    floor = floor if aa_label is None else compare(aa_label)[0]
     out = []
     for g in groups:
         if g == base_label:
@@ -291,6 +294,15 @@ def glue_markdown(name: str, text: str) -> None:
     from myst_nb import glue
 
     glue(name, _Markdown(text), display=False)
+
+
+def aa_floor(rows: pd.DataFrame, baseline: Any, aa: Any, **kw: Any) -> Interval | None:
+    """The A/A row's interval against its baseline (the sweep's noise floor, for ``ratio_table(floor=...)``), or
+    None when either has no ok rows."""
+    ok = rows[rows["status"] == "ok"] if "status" in rows.columns else rows
+    if not {baseline, aa} <= set(ok["variant"]):
+        return None
+    return row_interval(ratio_table(ok[ok["variant"].isin([baseline, aa])], baseline, **kw).loc[aa])
 
 
 def row_interval(row: pd.Series) -> Interval:
