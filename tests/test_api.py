@@ -37,8 +37,8 @@ def test_rows_sharing_a_reference_run_it_once_per_image_and_report_what_their_ow
     from mmdet_speedup.optimize import Predictor, Reference
 
     ref, calls = Reference.of(mask_rcnn, STOCK, "cpu"), []
-    call = StagedPipeline.__call__
-    monkeypatch.setattr(StagedPipeline, "__call__",
+    call = StagedPipeline.check_outputs
+    monkeypatch.setattr(StagedPipeline, "check_outputs",
                         lambda self, *a, **k: (calls.append(self) if self is ref.pipeline else None,
                                                call(self, *a, **k))[1])
     choices = Choices(preprocess="stock", precision="fp32", masks="raw", runtime="torch")
@@ -48,6 +48,36 @@ def test_rows_sharing_a_reference_run_it_once_per_image_and_report_what_their_ow
     assert shared[0].iloc[0]["mask_iou_min"] == 1.0 and shared[0].iloc[0]["feature_rel_err"] == 0.0
     cols = ["matched_ref", "box_iou_min", "mask_iou_min", "feature_rel_err", "mask_prob_diff_max"]
     assert shared[1][cols].equals(own[cols])  # the memo changes nothing a row reports
+
+
+@pytest.mark.parametrize("same_input", [True, False])
+def test_an_agreement_check_runs_each_pipeline_once_and_reports_what_separate_passes_would(mask_rcnn, image,
+                                                                                             monkeypatch, same_input):
+    """One pass per pipeline and image gives detections, maps and mask probabilities (at 3840x2304 a pass of
+    ``stock`` takes about 37 s on 2 cores); a row whose model input differs from the reference's runs its
+    backbone once more, on the reference's input, so maps are always compared on the same input."""
+    from mmdet_speedup import Choices
+    from mmdet_speedup.equivalence import compare, match, relative_error
+    from mmdet_speedup.optimize import Predictor
+
+    p = Predictor(mask_rcnn, Choices(preprocess="stock", precision="bf16", masks="raw", runtime="torch"), "cpu")
+    test, ref = p.pipeline, p.reference.pipeline
+    if not same_input:  # a preprocessing that rounds differently
+        prepare = test.prepare
+        monkeypatch.setattr(test, "prepare", lambda img, *a: (lambda x: (x[0] + 1e-3, x[1]))(prepare(img, *a)))
+    passes, features = {}, StagedPipeline.features
+    monkeypatch.setattr(StagedPipeline, "features", lambda self, *a, **k: (
+        passes.__setitem__(self, passes.get(self, 0) + 1), features(self, *a, **k))[1])
+    row = p.equivalence_report([image]).iloc[0]
+    assert passes == {ref: 1, test: 1 if same_input else 2}
+
+    inputs = ref.prepare(image)[0]
+    dets, own = ref(image), test(image)
+    probs = [q.postprocess_masks(q.mask_inputs(image), variant="raw")[1].probs for q in (ref, test)]
+    assert row["feature_rel_err"] == relative_error(ref.features(inputs).maps, test.features(inputs).maps) > 0
+    assert row["mask_prob_diff_max"] == max(float((probs[0][i] - probs[1][j]).abs().max())
+                                            for i, j, _ in match(dets, own)) > 0
+    assert row["matched_ref"] == compare(dets, own).matched_ref
 
 
 def test_report_cannot_pass_vacuously(mask_rcnn, image):

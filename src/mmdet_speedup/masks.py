@@ -209,13 +209,7 @@ def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict)
     scale = bboxes.new_tensor(meta["scale_factor"]).repeat((1, 2))
     results.bboxes = bboxes / scale  # what mmdet's paste does in place
     n = len(results)
-    if n == 0:
-        probs = mask_preds.new_zeros((0, 1) + tuple(mask_preds.shape[-2:]))
-    else:
-        probs = mask_preds if head.class_agnostic else mask_preds[torch.arange(n, device=mask_preds.device),
-                                                                  results.labels][:, None]
-        probs = probs if activated else probs.sigmoid()
-    probs = probs.float()
+    probs = mask_probs(roi_head, mask_preds, results.labels)
     if variant == "raw":
         return results, RawMasks(probs.cpu(), results.bboxes.cpu(), (h, w), float(cfg.mask_thr_binary))
     regions, offsets = [], []
@@ -227,6 +221,17 @@ def postprocess(variant: str, roi_head, mask_preds: Tensor, results, meta: dict)
         flat = torch.cat([r.flatten() for r in regions]).cpu()
         regions = [t.view(r.shape) for t, r in zip(flat.split([r.numel() for r in regions]), regions)]
     return results, BoxMasks(regions, offsets, (h, w))
+
+
+def mask_probs(roi_head, mask_preds: Tensor, labels: Tensor) -> Tensor:
+    """Each detection's fp32 mask probabilities for its own class (N x 1 x M x M), before the threshold."""
+    from .cascade import final, is_cascade
+
+    if len(labels) == 0:
+        return mask_preds.new_zeros((0, 1) + tuple(mask_preds.shape[-2:])).float()
+    probs = mask_preds if final(roi_head.mask_head).class_agnostic else \
+        mask_preds[torch.arange(len(labels), device=mask_preds.device), labels][:, None]
+    return (probs if is_cascade(roi_head) else probs.sigmoid()).float()
 
 
 def _legacy(masks: Tensor, labels: Tensor, num_classes: int) -> LegacyMasks:

@@ -20,6 +20,7 @@ class ReferenceOutputs(NamedTuple):
     detections: Detections
     maps: tuple  # backbone(+neck) maps on the reference's own model input
     probs: Tensor | None  # raw mask probabilities, before the 0.5 threshold; None without a mask head
+    inputs: Tensor  # that model input: a row's maps are compared on it
 
 
 class Reference:
@@ -49,9 +50,9 @@ class Reference:
     def outputs(self, img: np.ndarray) -> ReferenceOutputs:
         key = (img.shape, str(img.dtype), hashlib.blake2b(np.ascontiguousarray(img).data, digest_size=16).digest())
         if key not in self._memo:
-            p = self.pipeline
-            probs = p.postprocess_masks(p.mask_inputs(img), variant="raw")[1].probs if p.with_mask else None
-            self._memo[key] = ReferenceOutputs(p(img), p.features(p.prepare(img)[0]).maps, probs)
+            inputs, samples = self.pipeline.prepare(img)
+            detections, feats, probs = self.pipeline.check_outputs(inputs, samples)
+            self._memo[key] = ReferenceOutputs(detections, feats.maps, probs, inputs)
         return self._memo[key]
 
 
@@ -98,11 +99,17 @@ class Predictor:
                  for k, i in enumerate(images)]
         for name, image in zip(names, images):
             img = load_image(image)
-            ref, test = self.reference.outputs(img), self.pipeline(img)
+            ref = self.reference.outputs(img)
+            inputs, samples = self.pipeline.prepare(img)
+            test, feats, probs = self.pipeline.check_outputs(inputs, samples)
+            # maps are compared on the reference's input; a row that prepares the same input already has them
+            same_input = inputs.shape == ref.inputs.shape and inputs.dtype == ref.inputs.dtype and \
+                bool(torch.equal(inputs, ref.inputs.to(inputs.device)))
+            maps = feats.maps if same_input else self.pipeline.features(ref.inputs).maps
             row = {"image": name, "variant": self.choices.label(), **compare(ref.detections, test).as_dict(),
-                   "feature_rel_err": relative_error(*self.features(img))}
-            if self.pipeline.with_mask and self.reference.with_mask:
-                row["mask_prob_diff_max"] = self._prob_diff(img, ref, test)
+                   "feature_rel_err": relative_error(ref.maps, maps)}
+            if probs is not None and ref.probs is not None:
+                row["mask_prob_diff_max"] = _prob_diff(ref, test, probs)
             rows.append(row)
         return pd.DataFrame(rows)
 
@@ -115,14 +122,12 @@ class Predictor:
                              {"variant": self.choices.label(),
                               **evaluate(self.pipeline, ann_file, img_dir, max_images)}])
 
-    def _prob_diff(self, img, ref: ReferenceOutputs, test: Detections) -> float:
-        """Max mask-probability difference over matched pairs (soft: before the 0.5 threshold)."""
-        pairs = match(ref.detections, test)
-        if not pairs:
-            return float("nan")
-        p = self.pipeline
-        probs = p.postprocess_masks(p.mask_inputs(img), variant="raw")[1].probs
-        return float(max((ref.probs[i] - probs[j]).abs().max() for i, j, _ in pairs))
+def _prob_diff(ref: ReferenceOutputs, test: Detections, probs: Tensor) -> float:
+    """Max mask-probability difference over matched pairs (soft: before the 0.5 threshold)."""
+    pairs = match(ref.detections, test)
+    if not pairs:
+        return float("nan")
+    return float(max((ref.probs[i] - probs[j]).abs().max() for i, j, _ in pairs))
 
 
 def optimize(model, *, preprocess: str = "auto", precision: str = "auto", masks: str = "auto",

@@ -23,7 +23,7 @@ from .cascade import final, is_cascade, merged_mask_probs, run_bbox_stages
 from .checks import InputError
 from .choices import AUTO, STOCK, Choices
 from .compile import compile_features
-from .masks import FullMasks, postprocess
+from .masks import FullMasks, mask_probs, postprocess
 from .models import check_two_stage, clone
 from .precision import Precision, apply, to_float, to_nchw_float
 from .preprocess import HostBatch, make_preprocessor
@@ -358,21 +358,34 @@ class StagedPipeline:
     @torch.no_grad()
     def from_inputs(self, inputs: Tensor, samples: list, timer=None) -> Detections:
         """The stages after ``data_preprocessor``, on inputs already on the device (e.g. from a reader)."""
-        timer = timer or NullTimer()
+        return self._run(inputs, samples, timer or NullTimer())[0]
+
+    @torch.no_grad()
+    def check_outputs(self, inputs: Tensor, samples: list) -> tuple[Detections, Features, Tensor | None]:
+        """One untimed pass with all an agreement check compares: the detections, the backbone(+neck) maps and
+        each detection's raw mask probabilities (before the threshold; None without a mask head)."""
+        return self._run(inputs, samples, NULL, with_probs=True)
+
+    def _run(self, inputs: Tensor, samples: list, timer, with_probs: bool = False):
         with probe(timer) as counts:
-            results, m = self.heads(inputs, samples, timer)
-            masks = None
+            feats = self.features(inputs, timer)
+            results, m = self.heads(inputs, samples, timer, feats)
+            masks = probs = None
             if m is not None:
+                if with_probs:  # before the post-processing rescales the boxes in place
+                    probs = mask_probs(self.model.roi_head, m.logits, m.results.labels)
                 results, masks = self.postprocess_masks(m, timer)
             counts["dets_out"] = len(results)
         meta = samples[0].metainfo
         return Detections(results.bboxes.cpu(), results.scores.cpu(), results.labels.cpu(), masks,
-                          tuple(meta["ori_shape"][:2]), counts)
+                          tuple(meta["ori_shape"][:2]), counts), feats, probs
 
-    def heads(self, inputs: Tensor, samples: list, timer=NULL) -> tuple[Any, MaskInputs | None]:
-        """``features`` to ``roi_mask``: the box results, and the mask logits where the model has a mask head."""
+    def heads(self, inputs: Tensor, samples: list, timer=NULL,
+              feats: Features | None = None) -> tuple[Any, MaskInputs | None]:
+        """``features`` (unless given) to ``roi_mask``: the box results, and the mask logits where the model
+        has a mask head."""
         metas = [s.metainfo for s in samples]
-        feats = self.features(inputs, timer)
+        feats = self.features(inputs, timer) if feats is None else feats
         results = self.boxes(feats, metas, self.proposals(feats, metas, timer), timer)
         return results, self.mask_logits(feats, results, metas[0], timer) if self.with_mask else None
 
