@@ -45,7 +45,8 @@ NOTEBOOKS = ROOT / "notebooks"
 #: version 2.0's 7 repeats (06's 1333x800 case took 766 s; its 3840x2304 sweep stops at its 900 s budget). 2.1:
 #: 04 runs 3 repeats (was 1), 05 3 passes (was 2), 07 both sizes (its 1333x800 case took 1178 s); measured at 2.1
 #: on 2026-11-24: 01 232 s (building and conditioning the 3840x2304 model), 02 422 s, 03 94 s, 04 846 s,
-#: 05 647 s, 06 4351 s (half of it the 3840x2304 agreement check, since cut), 07 2504 s (both cases).
+#: 05 647 s, 06 4351 s (half of it the 3840x2304 agreement check), 07 2504 s (both cases); after the agreement
+#: check ran each pipeline once per image and models were cached: 06 2136 s, 07 2221 s.
 #: A guide, not a limit.
 BUDGETS = {"01_preprocess": 350, "02_precision": 650, "03_masks": 150, "04_nms": 1300, "05_loading": 600,
            "06_ladder": 2400, "07_runtimes": 3000}
