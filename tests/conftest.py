@@ -18,10 +18,11 @@ def _threads():
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _model_cache(tmp_path_factory):
-    """Conditioned models are kept for this session only: a test never reads weights another run conditioned."""
+def _model_cache():
+    """No cache of conditioned models: a test never reads weights another run conditioned, and a session would
+    leave 2 GB of them on a disk CI has little of (the cache's own tests set a folder)."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("MMDET_SPEEDUP_MODEL_CACHE", str(tmp_path_factory.mktemp("models")))
+    mp.setenv("MMDET_SPEEDUP_MODEL_CACHE", "0")
     yield
     mp.undo()
 

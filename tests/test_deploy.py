@@ -61,9 +61,22 @@ _MISSING = [m for m in ("mmdeploy", "onnx", "onnxruntime", "openvino") if import
 needs_runtimes = pytest.mark.skipif(bool(_MISSING), reason=f"not installed: {', '.join(_MISSING)}")
 
 
+@pytest.fixture(scope="module")
+def static_export(mask_rcnn, image, tmp_path_factory):
+    """The conftest model exported static on the conftest image, once for this module (a 170 MB graph)."""
+    from mmdet_speedup.deploy import export_end2end
+
+    return export_end2end(mask_rcnn, image, tmp_path_factory.mktemp("deploy") / "end2end.onnx")
+
+
+@pytest.fixture(scope="module")
+def static_onnx(static_export):
+    return static_export.path
+
+
 @pytest.mark.slow
 @needs_runtimes
-def test_static_export_matches_stock(mask_rcnn, image, stock_dets, tmp_path):
+def test_static_export_matches_stock(mask_rcnn, image, stock_dets, static_export):
     """Static graph on the conftest image: ORT and OpenVINO fp32 agree with mmdet's own test_step.
 
     Not exact by design (see ``deploy``'s docstring): on this image at 480x320, 3 of mmdeploy's 60 detections
@@ -74,17 +87,16 @@ def test_static_export_matches_stock(mask_rcnn, image, stock_dets, tmp_path):
 
     from mmdet_speedup import compare, identical, stock_test_step
     from mmdet_speedup import stages as S
-    from mmdet_speedup.deploy import GRAPH, export_end2end
+    from mmdet_speedup.deploy import GRAPH
     from mmdet_speedup.masks import FullMasks
     from mmdet_speedup.timing import StageTimer
 
-    export = torch.onnx.export
-    path, seconds = export_end2end(mask_rcnn, image, tmp_path / "end2end.onnx")
+    path, seconds = static_export
     assert path.is_file() and seconds > 0
-    assert (tmp_path / "end2end.json").is_file() and (tmp_path / "end2end.model_cfg.py").is_file()
-    # the export left neither the model nor torch changed
+    assert (path.parent / "end2end.json").is_file() and (path.parent / "end2end.model_cfg.py").is_file()
+    # the export left neither the model nor torch changed (mmdeploy patches torch while it exports)
     assert identical(stock_dets, stock_test_step(mask_rcnn, image))
-    assert torch.onnx.export is export and not hasattr(opset9, "_cast_Long")
+    assert torch.onnx.export.__module__ == "torch.onnx" and not hasattr(opset9, "_cast_Long")
 
     runs = {}
     for runtime in ("onnxruntime", "openvino"):
@@ -139,14 +151,6 @@ def test_throughput_mode_refuses_onnxruntime_and_bad_hints(tmp_path):
         DeployedModel(tmp_path / "m.onnx", runtime="onnxruntime", requests=2)
     with pytest.raises(InputError, match="requests must be positive"):
         DeployedModel(tmp_path / "m.onnx", runtime="openvino", hint="THROUGHPUT", requests=0)
-
-
-@pytest.fixture(scope="module")
-def static_onnx(mask_rcnn, image, tmp_path_factory):
-    """The conftest model exported static on the conftest image, once for the throughput tests."""
-    from mmdet_speedup.deploy import export_end2end
-
-    return export_end2end(mask_rcnn, image, tmp_path_factory.mktemp("deploy") / "end2end.onnx").path
 
 
 def _same_shape_images(image):

@@ -231,6 +231,11 @@ def test_chapter_reads_its_parameters_once_and_records_them(tmp_path, monkeypatc
     assert ch.run_id in capsys.readouterr().out
     with pytest.raises(KeyError):
         book.Chapter("99_test", {"device": "cpu"})  # threads is required
+    scratch = ch.scratch
+    (scratch / "graph.onnx").write_bytes(b"170 MB")
+    assert ch.scratch == scratch and scratch.is_dir()
+    ch.end()  # the end matter takes the run's throw-away files with it
+    assert not scratch.exists()
 
 
 def test_git_sha_ignores_the_run_outputs_but_not_code(tmp_path, monkeypatch):

@@ -151,3 +151,37 @@ def test_a_conditioned_model_from_the_cache_is_the_model_conditioning_makes(tmp_
         next(tmp_path.glob("*.pt")).write_bytes(b"not a checkpoint")  # the second round reads a broken file
     monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE", "0")
     assert torch.equal(build()[1], draw)
+
+
+def test_the_model_cache_stays_within_its_size_and_never_fails_a_run(tmp_path, monkeypatch):
+    """Least recently used out first (a load counts as a use); a save that would leave the disk short, or that
+    fails (disk full), keeps nothing and warns, and the run goes on."""
+    import os
+    from collections import namedtuple
+
+    from mmdet_speedup import models
+
+    model = torch.nn.Linear(256, 1024)  # 1 MiB of weights
+    old, used, fresh, new = (tmp_path / f"{n}.pt" for n in ("old", "used", "fresh", "new"))
+    for age, f in enumerate((fresh, used, old)):
+        models._save_conditioned(model, f)
+        os.utime(f, (1e9 - age * 100, 1e9 - age * 100))
+    assert models._load_conditioned(model, old)  # now the most recently used
+    monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE_GB", str(3.5 / 1024))  # room for three
+    models._save_conditioned(model, new)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fresh.pt", "new.pt", "old.pt"]
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(models.shutil, "disk_usage", lambda p: usage(2**40, 2**40, int(models.CACHE_MIN_FREE_GB * 2**30)))
+    with pytest.warns(UserWarning, match=r"not keeping 1 MB .* GB free on its disk"):
+        models._save_conditioned(model, tmp_path / "short.pt")
+    monkeypatch.undo()
+
+    def full(*a, **k):
+        a[1].write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.warns(UserWarning, match="could not keep full.pt: .*No space left on device"):
+        models._save_conditioned(model, tmp_path / "full.pt")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["fresh.pt", "new.pt", "old.pt"]  # no partial file

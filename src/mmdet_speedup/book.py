@@ -69,6 +69,19 @@ class Chapter:
     def run_id(self) -> str:
         return self.rec.run_id
 
+    @property
+    def scratch(self) -> Path:
+        """A folder for this run's large throw-away files (exported graphs), removed by ``end`` or, failing
+        that, when the process exits."""
+        if getattr(self, "_scratch", None) is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            self._scratch = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+            atexit.register(shutil.rmtree, self._scratch, ignore_errors=True)
+        return self._scratch
+
     def model(self, config: str | None = None, *, scale: str | None = None, dets: int | None = None,
               rpn_proposals: int | None = None):
         """The chapter's detector (conditioned random weights unless ``checkpoint`` is set); each knob defaults to
@@ -146,7 +159,12 @@ class Chapter:
         return t
 
     def end(self) -> pd.DataFrame:
-        """The end matter: the environment this run recorded (not typed)."""
+        """The end matter: the environment this run recorded (not typed). Removes the scratch folder."""
+        import shutil
+
+        if getattr(self, "_scratch", None) is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         return environment_table(self.run_id)
 
 

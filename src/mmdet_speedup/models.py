@@ -1,10 +1,13 @@
 """Building mmdet detectors from packaged configs with (conditioned) random weights, and the workload knobs."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +18,12 @@ from torch import Tensor
 from .checks import InputError, checkpoint_file, size
 from .preprocess import resize_step
 from .timing import resolve_device
+
+
+#: The model cache's default size (a conditioned Mask R-CNN is 170 MB, 300 MB with a cascade), and the disk space
+#: a save always leaves free.
+CACHE_GB = 4.0
+CACHE_MIN_FREE_GB = 2.0
 
 
 class UnsupportedModelError(InputError):
@@ -308,7 +317,8 @@ def conditioned_cache_path(cfg, c: Conditioning, images: list[Path], device: tor
     config with its workload, the conditioning, the calibration images' bytes, the device type, the code that
     conditions and the library versions. Conditioning a 3840x2304 model runs its calibration images through it
     (about a minute on 2 cores) in every chapter that builds one. ``$MMDET_SPEEDUP_MODEL_CACHE`` names the folder
-    (default ``${XDG_CACHE_HOME:-~/.cache}/mmdet-speedup/models``); ``0`` turns the cache off."""
+    (default ``${XDG_CACHE_HOME:-~/.cache}/mmdet-speedup/models``); ``0`` turns the cache off. The folder is held
+    to ``$MMDET_SPEEDUP_MODEL_CACHE_GB`` (default ``CACHE_GB``), least recently used out first."""
     import mmcv
     import mmdet
 
@@ -338,15 +348,45 @@ def _load_conditioned(model, path: Path) -> bool:
         return False
     torch.set_rng_state(saved["torch_rng"])
     np.random.set_state(saved["numpy_rng"])
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used: the last to be evicted
     return True
 
 
 def _save_conditioned(model, path: Path) -> None:
+    """Keep the conditioned weights at ``path``, within the cache's size and never at the cost of the run: a
+    save that would leave less than ``CACHE_MIN_FREE_GB`` on the disk, or that fails, is skipped with a warning
+    (the model is conditioned again next time)."""
+    state = {"state_dict": model.state_dict(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}
+    nbytes = sum(t.numel() * t.element_size() for t in state["state_dict"].values())
     path.parent.mkdir(parents=True, exist_ok=True)
+    cap = float(os.environ.get("MMDET_SPEEDUP_MODEL_CACHE_GB") or CACHE_GB) * 2**30
+    free = shutil.disk_usage(path.parent).free
+    if free - nbytes < CACHE_MIN_FREE_GB * 2**30 or nbytes > cap:
+        warnings.warn(f"model cache: not keeping {nbytes / 2**20:.0f} MB in {path.parent} "
+                      f"({free / 2**30:.1f} GB free on its disk, {cap / 2**30:.1f} GB allowed)", stacklevel=3)
+        return
+    _evict(path.parent, keep=cap - nbytes)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # another process reading mid-write sees no file, not half of one
-    torch.save({"state_dict": model.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state()}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"model cache: could not keep {path.name}: {e}", stacklevel=3)
+
+
+def _evict(folder: Path, keep: float) -> None:
+    """Remove the least recently used cached models until those left take at most ``keep`` bytes."""
+    files = []
+    for f in folder.glob("*.pt"):
+        with contextlib.suppress(OSError):  # another process may have removed it meanwhile
+            files.append((f.stat(), f))
+    total = 0
+    for st, f in sorted(files, key=lambda x: x[0].st_mtime, reverse=True):
+        total += st.st_size
+        if total > keep:
+            f.unlink(missing_ok=True)
 
 
 def batch_norms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
