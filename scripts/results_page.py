@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import importlib.util
 import json
 import re
 import sys
@@ -28,6 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the package's __init__ loads torch; this page needs only the CPU's label
+_spec = importlib.util.spec_from_file_location("_cpu", ROOT / "src" / "mmdet_speedup" / "cpu.py")
+_cpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_cpu)
+cpu_label = _cpu.cpu_label
 RUN_ID = re.compile(r"\b\d{8}T\d{6}-[0-9a-f]{6}\b")
 SUCCEEDED = ("ok", "over budget")
 
@@ -156,7 +162,7 @@ def machine(env: dict) -> str:
     if not env:
         return "not recorded"
     flags = " ".join(env.get("cpu_flags") or []) or "no bf16/AMX"
-    cpu = f"{env.get('cpu_model', '?')}, {env.get('cpu_count', '?')} cores ({flags})"
+    cpu = f"{cpu_label(env)}, {env.get('cpu_count', '?')} cores ({flags})"
     gpu = env.get("gpu")
     if gpu:
         return f"{cpu}; GPU {gpu} (CUDA {env.get('cuda') or '?'})"

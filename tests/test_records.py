@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mmdet_speedup import book, project
+from mmdet_speedup.cpu import cpu_identity, cpu_label
 from mmdet_speedup.environment import git_sha
 from mmdet_speedup.records import COLUMNS, Recorder, append_rows
 
@@ -141,3 +142,39 @@ def test_a_second_recorder_of_a_run_keeps_what_the_run_added_to_its_environment_
     record = json.loads(env.read_text())
     assert record["roofline_peaks"] == {"float32": 191.0} and record["notebook"] == "07_runtimes"
     assert record["benchmark_version"] == first.env["benchmark_version"]
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: {name}
+stepping\t: 1
+flags\t\t: fpu sse2 {flags}
+
+processor\t: 1
+vendor_id\t: SomethingElse
+cpu family\t: 99
+"""
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, uarch", [
+    ("AuthenticAMD", 26, 2, "avx512f avx512_bf16", "Zen 5"),
+    ("AuthenticAMD", 25, 17, "avx512f avx512_bf16", "Zen 4"),
+    ("AuthenticAMD", 25, 1, "avx2", "Zen 3"),
+    ("GenuineIntel", 6, 143, "amx_bf16 avx512f", "Sapphire Rapids"),
+    ("GenuineIntel", 6, 999, "avx2", None),
+])
+def test_the_environment_record_names_the_cpu_generation_a_model_name_hides(vendor, family, model, flags, uarch):
+    text = _CPUINFO.format(vendor=vendor, family=family, model=model, name="AMD EPYC", flags=flags)
+    ident = cpu_identity(text)
+    assert ident == {"vendor": vendor, "family": family, "model": model, "stepping": 1, "uarch": uarch}
+    label = cpu_label({"cpu_model": "AMD EPYC", "cpu_id": ident})
+    assert label == f"AMD EPYC ({uarch or f'family {family} model {model}'})"
+    assert cpu_label({"cpu_model": "AMD EPYC"}) == "AMD EPYC"  # a record from before the field
+    assert cpu_identity("no such fields") == {}
+
+
+def test_a_new_environment_record_carries_the_cpu_identity(tmp_path):
+    env = Recorder(tmp_path / "rows.csv", notebook="x", run_id="r2").env
+    assert env["cpu_id"] == cpu_identity()

@@ -167,3 +167,10 @@ def test_built_results_page():
     status = results_page.load_status(ROOT / "book" / "executed")
     for s in status.values():
         assert s["run_id"] in html
+
+
+def test_the_machine_names_the_cpu_generation_where_the_record_has_it():
+    old = {"cpu_model": "AMD EPYC", "cpu_flags": ["avx512_bf16"], "cpu_count": 2}
+    new = {**old, "cpu_id": {"vendor": "AuthenticAMD", "family": 26, "model": 2, "stepping": 1, "uarch": "Zen 5"}}
+    assert results_page.machine(old).startswith("AMD EPYC, 2 cores (avx512_bf16)")
+    assert results_page.machine(new).startswith("AMD EPYC (Zen 5), 2 cores (avx512_bf16)")

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from . import stages as S
+from .cpu import cpu_label
 from .project import images_dir, reference_dir, results_dir, seed_figures
 from .records import Recorder, append_rows
 
@@ -223,7 +224,7 @@ def study_rows(results: Path | None = None, version: str | None = None) -> pd.Da
 def environment_table(run_id: str) -> pd.DataFrame:
     env = json.loads((results_dir() / "environment" / f"{run_id}.json").read_text())
     flat = {"run": env["run_id"], "git": env["git_sha"], "benchmark version": env["benchmark_version"],
-            "when": env["timestamp"], "CPU": env["cpu_model"], "CPU cores": env["cpu_count"],
+            "when": env["timestamp"], "CPU": cpu_label(env), "CPU cores": env["cpu_count"],
             "matrix ISA": " ".join(env["cpu_flags"]) or "-", "torch threads": env["torch_threads"],
             "GPU": env["gpu"] or "none", **{k: v for k, v in env["versions"].items()}}
     return pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=list(flat))

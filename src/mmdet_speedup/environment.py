@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .cpu import cpu_identity
 from .project import project_root
 
 RUN_OUTPUTS = ("book/executed", "book/executed-cuda", "data/results", "tests/nbval")
@@ -117,6 +118,7 @@ def environment(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "cpu_flags": cpu_flags(),
+        "cpu_id": cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
