@@ -47,6 +47,8 @@ NOTEBOOKS = ROOT / "notebooks"
 #: on 2026-11-24: 01 232 s (building and conditioning the 3840x2304 model), 02 422 s, 03 94 s, 04 846 s,
 #: 05 647 s, 06 4351 s (half of it the 3840x2304 agreement check), 07 2504 s (both cases); after the agreement
 #: check ran each pipeline once per image and models were cached: 06 2136 s, 07 2221 s.
+#: One `make book` at 91d9034 on an AMD EPYC Zen 5 (family 26, twice Zen 4's bf16 matmul peak), model cache cold:
+#: 01 150 s, 02 169 s, 03 50 s, 04 519 s, 05 314 s, 07 1510 s, 06 1798 s (75 min with the HTML).
 #: A guide, not a limit.
 BUDGETS = {"01_preprocess": 350, "02_precision": 650, "03_masks": 150, "04_nms": 1300, "05_loading": 600,
            "06_ladder": 2400, "07_runtimes": 3000}

@@ -110,6 +110,12 @@ def test_verdict_text():
     assert verdict(Interval(1.01, 0.97, 1.05, 7)).text == "no measurable difference (1.01x, 95% CI 0.97-1.05x)"
 
 
+def test_a_small_difference_never_prints_as_an_interval_around_one():
+    assert verdict(Interval(1.002, 1.0012, 1.004, 7)).text == "faster (1.002x, 95% CI 1.001-1.004x)"
+    assert verdict(Interval(0.981, 0.95, 0.996, 7)).text == "slower (0.981x, 95% CI 0.95-0.996x)"
+    assert verdict(Interval(1.0, 0.998, 1.003, 7)).text == "no measurable difference (1.0x, 95% CI 1.0-1.0x)"
+
+
 # -- the table -------------------------------------------------------------------------------------------
 def rows_for(variants: dict[str, list[float]], images=("a.jpg", "b.jpg"), stage="total") -> list[dict]:
     """Per variant, a list of per-repeat ms per image (each image of a repeat gets the same ms)."""

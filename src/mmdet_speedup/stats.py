@@ -22,10 +22,18 @@ Word = Literal["faster", "slower", "no measurable difference"]
 MIN_REPEATS = 3
 
 
-def _x(v: float) -> str:
+def _x(v: float, digits: int = 2) -> str:
     """A ratio for prose: two decimals, one trailing zero dropped ("1.80" -> "1.8", "1.01" stays)."""
-    s = f"{v:.2f}"
+    s = f"{v:.{digits}f}"
     return s[:-1] if s.endswith("0") else s
+
+
+def _digits(word: str, lo: float, hi: float) -> int:
+    """Decimals that keep a difference visible: an interval that excludes 1 must not print as "1.0-1.0x"."""
+    digits = 2
+    while word in ("faster", "slower") and digits < 4 and round(lo, digits) <= 1 <= round(hi, digits):
+        digits += 1
+    return digits
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,8 @@ class Verdict:
         i = self.interval
         if i.n < MIN_REPEATS:
             return f"{self.word} ({_x(i.ratio)}x, n={i.n}: too few repeats to tell)"
-        return f"{self.word} ({_x(i.ratio)}x, {i.level * 100:g}% CI {_x(i.lo)}-{_x(i.hi)}x)"
+        d = _digits(self.word, i.lo, i.hi)
+        return f"{self.word} ({_x(i.ratio, d)}x, {i.level * 100:g}% CI {_x(i.lo, d)}-{_x(i.hi, d)}x)"
 
     def __str__(self) -> str:
         return self.text
