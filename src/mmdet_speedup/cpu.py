@@ -1,6 +1,7 @@
 """Which CPU a run ran on, beyond its model name. Imports nothing heavy: the results page reads it without torch."""
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,18 +14,27 @@ UARCHS = {("AuthenticAMD", 23): "Zen/Zen 2", ("AuthenticAMD", 26): "Zen 5",
           ("GenuineIntel", 6, 85): "Skylake/Cascade Lake"}
 
 
+@lru_cache(maxsize=1)
+def _proc_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpuinfo_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first CPU's fields in ``/proc/cpuinfo`` (or ``cpuinfo``), each name's first value; empty when unreadable."""
+    fields: dict[str, str] = {}
+    for line in (_proc_cpuinfo() if cpuinfo is None else cpuinfo).split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_identity(cpuinfo: str | None = None) -> dict[str, Any]:
     """Vendor, family, model and stepping of the first CPU in ``/proc/cpuinfo`` (or ``cpuinfo``), with its
     microarchitecture where the table above knows it (``uarch`` None otherwise); empty when unreadable."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return {}
-    fields: dict[str, str] = {}
-    for line in cpuinfo.split("\n\n", 1)[0].splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = cpuinfo_fields(cpuinfo)
     if "cpu family" not in fields:
         return {}
     ident = {"vendor": fields.get("vendor_id", ""),

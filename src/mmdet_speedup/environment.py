@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .cpu import cpu_identity
+from .cpu import cpu_identity, cpuinfo_fields
 from .project import project_root
 
 RUN_OUTPUTS = ("book/executed", "book/executed-cuda", "data/results", "tests/nbval")
@@ -34,23 +34,12 @@ def git_sha(root: Path | None = None) -> str:
 
 
 def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    fields = cpuinfo_fields()
+    return fields["model name"] if "model name" in fields else platform.processor() or "unknown"
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in cpuinfo_fields().get("flags", "").split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
 
 
 def matrix_engine(device: str = "cpu") -> str:

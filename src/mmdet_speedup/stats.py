@@ -31,7 +31,7 @@ def _x(v: float, digits: int = 2) -> str:
 def _digits(word: str, lo: float, hi: float) -> int:
     """Decimals that keep a difference visible: an interval that excludes 1 must not print as "1.0-1.0x"."""
     digits = 2
-    while word in ("faster", "slower") and digits < 4 and round(lo, digits) <= 1 <= round(hi, digits):
+    while word in (FASTER, SLOWER) and digits < 4 and round(lo, digits) <= 1 <= round(hi, digits):
         digits += 1
     return digits
 
