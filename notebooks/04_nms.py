@@ -88,6 +88,8 @@ samples = ch.samples(input_size, 1)
 models = {name: ch.model(config) for name, config in CONFIGS.items()}
 for name, model in models.items():
     ch.profiler(model).run({name: ms.STOCK}, samples, {"sweep": "arch"})
+# FPN once more, in a sweep of its own like every configuration above: the noise floor of comparing two sweeps
+ch.profiler(models["Faster FPN"]).run({"Faster FPN (A/A)": ms.STOCK}, samples, {"sweep": "arch"})
 
 # %% [markdown]
 # Median ms per image per stage; `roi head` is the whole RoI head (boxes, masks and their post-processing),
@@ -148,7 +150,8 @@ findings.glue_all(findings.nms(ch.rows(), slopes, cross, t, nms.pre_nms_growth(p
 # {glue:md}`nms_kernels`
 #
 # C4 against FPN per part, FPN as the baseline (a ratio under 1 means C4 takes longer), with 95% bootstrap
-# intervals over repeats (with fewer than 3 repeats there is no verdict):
+# intervals over repeats (with fewer than 3 repeats there is no verdict), held to the A/A row's interval
+# (`Faster FPN` profiled again in a sweep of its own, as each configuration is; the last line):
 #
 # {glue:md}`nms_arch`
 #

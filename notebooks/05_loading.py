@@ -74,7 +74,7 @@ findings.glue_all(findings.loading(ch.rows(), summary))
 # ## What to take away
 #
 # Each reader against `serial`, per model scale, with 95% bootstrap intervals over passes (with fewer than 3
-# passes there is no verdict):
+# passes there is no verdict), held to the A/A row's interval (`serial` timed a second time in the same sweep):
 #
 # {glue:md}`load_findings`
 

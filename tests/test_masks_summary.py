@@ -68,3 +68,22 @@ def test_findings_ratios_and_memory():
     assert f["mem_full_mb"] == pytest.approx(11.71875)
     assert f["mem_box_mb"] == 1.0 and f["mem_raw_mb"] == 0.5
     assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
+
+
+def test_the_a_a_row_holds_every_mask_verdict_to_its_floor():
+    from mmdet_speedup import findings
+    from mmdet_speedup.stats import NO_DIFFERENCE, aa_of
+
+    post = {"full": [10.0] * 5, aa_of("full"): [8.0, 12.0, 9.0, 11.0, 10.0], "legacy": [10.0] * 5,
+            "raw": [10.0 / 1.05] * 5, "box": [5.0] * 5}
+    rows = pd.DataFrame([dict(input_size="640x480", sweep="size", variant=v, repeat=r, image="a.jpg", status="ok",
+                              stage=stage, ms=ms if stage == S.MASK_POSTPROCESS else 1.0)
+                         for v, per in post.items() for r, ms in enumerate(per)
+                         for stage in (S.MASK_POSTPROCESS, S.CONSUMER_RLE)])
+    said = findings.masks(rows, "640x480")
+    # `raw` is 1.05x `legacy` in every repeat: faster on its own, but inside the A/A row's spread
+    assert f"`raw` against `legacy`: {NO_DIFFERENCE}" in said["mask_findings"]
+    assert f"`{aa_of('full')}` against `full`, `mask_postprocess`, the noise floor" in said["mask_findings"]
+    assert "faster: `box` (2" in said["mask_findings"]  # 2x is outside the floor
+    no_aa = findings.masks(rows[rows["variant"] != aa_of("full")], "640x480")
+    assert "`raw` against `legacy`: faster" in no_aa["mask_findings"] and "noise floor" not in no_aa["mask_findings"]

@@ -264,3 +264,14 @@ def test_speedup_chart_draws_intervals_as_error_bars_and_the_floor():
     table = pd.DataFrame({"backbone": [10.0, 9.0, 5.0, 20.0]}, index=t.index)
     fig = book.profile_figure({"one": (table, t), "two": (table, t)}, aa="A/A")
     assert len(fig.axes) == 4 and [a.get_title() for a in fig.axes[::2]] == ["one", "two"]
+
+
+def test_the_floor_finding_names_the_a_a_row_or_says_nothing():
+    from mmdet_speedup.stats import aa_of, floor_finding
+
+    rows = pd.DataFrame([dict(variant=v, stage="total", repeat=r, image="a", status="ok", ms=ms)
+                         for v, per in (("stock", [10.0, 11.0, 10.5]), (aa_of("stock"), [10.2, 10.8, 10.6]))
+                         for r, ms in enumerate(per)])
+    t = ratio_table(rows, "stock", aa=aa_of("stock"))
+    assert floor_finding(t, "stock").startswith("`stock (A/A)` against `stock`, the noise floor of this sweep: ")
+    assert floor_finding(t.drop(aa_of("stock")), "stock") == ""

@@ -143,13 +143,13 @@ def test_loading_comparison_rows(small_pipe, mask_rcnn, images):
     passes = 2
     prof = Profiler(small_pipe.model, device="cpu", repeats=passes, warmup=0)
     df = prof.run_loading(STOCK, images[:2], depth=2)
-    assert list(dict.fromkeys(df["variant"])) == ["serial", "overlapped", "overlapped (equal priority)"]
+    assert list(dict.fromkeys(df["variant"])) == ["serial", "serial (A/A)", "overlapped", "overlapped (equal priority)"]
     assert (df["status"] == "ok").all() and (df["stage"] == "total").all()
     for _, g in df.groupby("variant"):
         assert sorted(g["repeat"]) == list(range(passes))  # one row per pass
     assert (df["images_per_s"] > 0).all()
     assert np.allclose(df["ms"], 1000 / df["images_per_s"], rtol=1e-12)
-    assert len(df) == 3 * passes and list(df["repeat"]) == [0, 0, 0, 1, 1, 1]  # passes interleaved
+    assert len(df) == 4 * passes and list(df["repeat"]) == [0] * 4 + [1] * 4  # passes interleaved
 
 
 @pytest.mark.parametrize("workers, depth, nice", [(1, 1, 10), (2, 2, 0)])

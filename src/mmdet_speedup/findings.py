@@ -11,7 +11,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import stages as S
-from .stats import findings_markdown, ratio_table, ratio_tables, table_findings, verdict_of, verdict_summary
+from .stats import (aa_floor, aa_of, findings_markdown, floor_finding, ratio_table, ratio_tables, table_findings,
+                    verdict_of, verdict_summary)
 
 
 class Md(str):
@@ -31,11 +32,15 @@ def preprocess(rows: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, b
     """01: each path against ``stock`` per case; what ``auto`` chose; bytes copied; decode beside pre-processing."""
     from .profiler import with_preprocess_case
 
-    tables = ratio_tables(with_preprocess_case(rows), "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR))
+    rows = with_preprocess_case(rows)
+    aa = aa_of("stock") if (rows["variant"] == aa_of("stock")).any() else None
+    tables = ratio_tables(rows, "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR), aa=aa)
     big, load = summary.xs(big_case), summary["load_ms"].groupby(level="case").median()
     pre = summary["pre_ms"].xs("stock", level="variant")
-    said = [f"{c}: {verdict_summary(t, 'stock', 'pre-processing')}" for c, t in tables.items()]
+    said = [f"{c}: {verdict_summary(t, 'stock', 'pre-processing', skip=[aa_of('stock')])}" for c, t in tables.items()]
+    floors = [f"{c}: {floor_finding(t, 'stock')}" for c, t in tables.items() if floor_finding(t, "stock")]
     return {"pre_findings": Md(findings_markdown(said)), "pre_headline": Md(said[-1]), "pre_big_case": big_case,
+            "pre_floors": Md(findings_markdown(floors)),
             "pre_auto_chose": ", ".join(f"{c}: {v}" for c, v in summary["chosen"].xs("auto", level="variant").items()),
             "pre_copy": ", ".join(f"`{v}` {big.loc[v, 'MB copied']:.1f} MB" for v in ("legacy", "stock", "device")),
             "pre_load_vs_pre": ", ".join(f"{c}: {load[c]:.1f} ms against {pre[c]:.1f} ms" for c in pre.index),
@@ -70,15 +75,18 @@ def precision(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: s
 def masks(rows: pd.DataFrame, input_size: str) -> dict[str, Any]:
     """03: the variants against ``full`` (alone and with the RLE consumer) and ``raw`` against ``legacy``."""
     case = rows[(rows["sweep"] == "size") & (rows["input_size"] == input_size)]
-    post = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS,))
-    bill = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS, S.CONSUMER_RLE))
-    legacy = ratio_table(case, "legacy", stages=(S.MASK_POSTPROCESS,))
+    aa = aa_of("full") if (case["variant"] == aa_of("full")).any() else None
+    post = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS,), aa=aa)
+    bill = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS, S.CONSUMER_RLE), aa=aa)
+    legacy = ratio_table(case, "legacy", stages=(S.MASK_POSTPROCESS,),
+                         floor=aa and aa_floor(case, "full", aa, stages=(S.MASK_POSTPROCESS,)))
     return {"mask_headline": Md(f"At {input_size}, `mask_postprocess`: `raw` against `full`, {verdict_of(post, 'raw')}"
                                 f"; `raw` against `legacy`, {verdict_of(legacy, 'raw')}."),
             "mask_findings": Md(findings_markdown([
-        verdict_summary(post, "full", "`mask_postprocess`"),
+        verdict_summary(post, "full", "`mask_postprocess`", skip=[aa_of("full")]),
         f"`raw` against `legacy`: {verdict_of(legacy, 'raw')}",
-        verdict_summary(bill, "full", "`mask_postprocess` + RLE of every instance")]))}
+        verdict_summary(bill, "full", "`mask_postprocess` + RLE of every instance", skip=[aa_of("full")]),
+        *filter(None, [floor_finding(post, "full", "`mask_postprocess`")])]))}
 
 
 def nms(rows: pd.DataFrame, slopes: pd.DataFrame, cross: Mapping[str, Any], table: pd.DataFrame,
@@ -92,16 +100,26 @@ def nms(rows: pd.DataFrame, slopes: pd.DataFrame, cross: Mapping[str, Any], tabl
                f"(`{slopes[box_set].idxmin()}` to `{slopes[box_set].idxmax()}`); per-class loop and offset trick "
                f"cross at n = {cross.get(box_set)}" for box_set in slopes.columns]
     parts, arch_items = (S.RPN, S.RPN_NMS, S.TOTAL), []
+    aa = aa_of("Faster FPN")  # FPN profiled again in a sweep of its own, as each configuration is
+    floors = {p: aa_floor(arch, "Faster FPN", aa, stages=(p,)) for p in parts}
+
+    def against(c4: str, fpn: str, p: str, held: bool = True) -> str:
+        pair = arch[arch["variant"].isin([c4, fpn])]
+        return verdict_of(ratio_table(pair, fpn, stages=(p,), floor=floors[p] if held else None), c4)
+
     for family in ("Faster", "Mask"):
         c4, fpn = f"{family} C4", f"{family} FPN"
         if {c4, fpn} <= set(arch["variant"]):
-            said = [f"`{p}` {verdict_of(ratio_table(arch, fpn, stages=(p,)), c4)}" for p in parts]
+            said = [f"`{p}` {against(c4, fpn, p)}" for p in parts]
             diff = table.loc[c4] - table.loc[fpn]
             arch_items.append(f"`{c4}` against `{fpn}`: " + "; ".join(said) + f". Of the {diff[S.TOTAL]:.0f} ms "
                               f"between their total medians, the RoI head accounts for {diff[ROI_HEAD]:.0f} ms and "
                               f"`rpn.nms` for {diff[S.RPN_NMS]:.0f} ms")
     here = table.loc["Faster C4", S.TOTAL] / table.loc["Faster FPN", S.TOTAL]
     direction = "the same direction as" if (here > 1) == (zoo["Faster"] > 1) else "the opposite direction to"
+    if all(floors.values()):
+        arch_items.append(f"`{aa}` against `Faster FPN`, the noise floor every verdict above is held to: " +
+                          "; ".join(f"`{p}` {against(aa, 'Faster FPN', p, held=False)}" for p in parts))
     return {"nms_kernels": Md(findings_markdown(kernels)), "nms_arch": Md(findings_markdown(arch_items)),
             "nms_headline": Md(arch_items[0] + "." if arch_items else "No C4 and FPN pair ran."),
             "nms_c4_pre_lo": int(growth["lo"]), "nms_c4_pre_hi": int(growth["hi"]),
@@ -119,12 +137,15 @@ def loading(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
     stream = rows[rows["variant"].isin(list(LOADING))]
     items = []
     for scale, case in summary.iterrows():
-        table = ratio_table(stream[stream["scale"] == scale], "serial")
+        one = stream[stream["scale"] == scale]
+        aa = aa_of("serial") if (one["variant"] == aa_of("serial")).any() else None
+        table = ratio_table(one, "serial", aa=aa)
         over = (" A measured speed-up sits above the bound, which only noise can do: no gain from overlap is "
                 "claimed here." if exceeds_bound(case) else "")
         items.append(f"Model at {scale}: loading is {100 * case['loading share']:.1f}% of the serial time per "
                      f"image, so perfect overlap is bounded by {case[BOUND]:.3f}x. "
-                     f"{verdict_summary(table, 'serial', 'time per image over the stream')}{over}")
+                     f"{verdict_summary(table, 'serial', 'time per image over the stream', skip=[aa_of('serial')])}"
+                     f"{over} {floor_finding(table, 'serial')}".rstrip())
     return {"load_findings": Md(findings_markdown(items)), "load_headline": Md(items[-1] if items else "")}
 
 

@@ -133,9 +133,11 @@ def throughput(fn: Callable[[], list], n_images: int, device: torch.device) -> f
 
 
 #: The loading comparison's variants (``Profiler.run_loading`` times each over the same stream, interleaved):
-#: ``overlapped`` runs the reader at a lower priority, ``overlapped (equal priority)`` does not.
+#: ``overlapped`` runs the reader at a lower priority, ``overlapped (equal priority)`` does not; ``serial (A/A)`` is
+#: ``serial`` again, whose interval is the sweep's noise floor.
 LOADING: dict[str, Callable[..., list]] = {
     "serial": lambda pipe, sources, **kw: run_serial(pipe, sources),
+    "serial (A/A)": lambda pipe, sources, **kw: run_serial(pipe, sources),  # the noise floor
     "overlapped": run_overlapped,
     "overlapped (equal priority)": lambda pipe, sources, **kw: run_overlapped(pipe, sources, nice=0, **kw),
 }

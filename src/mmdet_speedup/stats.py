@@ -305,6 +305,22 @@ def glue_markdown(name: str, text: str) -> None:
     glue(name, _Markdown(text), display=False)
 
 
+def aa_of(baseline: str) -> str:
+    """The A/A row's name for ``baseline``: the same code profiled a second time in the same sweep."""
+    return f"{baseline} (A/A)"
+
+
+def floor_finding(table: pd.DataFrame, baseline: str, what: str = "") -> str:
+    """The A/A row of a ``ratio_table`` in words: the sweep's noise floor, which every verdict beside it is held
+    to ("" when the table has no A/A row)."""
+    aa = aa_of(baseline)
+    if aa not in table.index:
+        return ""
+    r = table.loc[aa]
+    of = f", {what}" if what else ""
+    return f"`{aa}` against `{baseline}`{of}, the noise floor of this sweep: {r['text']}."
+
+
 def aa_floor(rows: pd.DataFrame, baseline: Any, aa: Any, **kw: Any) -> Interval | None:
     """The A/A row's interval against its baseline (the sweep's noise floor, for ``ratio_table(floor=...)``), or
     None when either has no ok rows."""
