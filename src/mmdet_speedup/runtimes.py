@@ -12,8 +12,9 @@ dynamic spatial dimensions (``_TRACED``) and each shape reshapes a copy and comp
 the input while a reshape and compile takes a fraction of a second, and the compiled model runs as fast as one
 traced at its own shape (``benchmarks/openvino_trace.py``; on two Zen 5 cores the backbone traced in 9 s at
 1344x800 and 93 s at 3840x2304, reshaped and compiled in 0.15 s; run 249136 in ``data/benchmarks/``). The trace
-is per weights: what it saves is a new padded shape of the same model (another aspect ratio) and the other
-precision, not a model conditioned at another scale (its BatchNorm statistics differ, so it traces again).
+is per weights: it serves a new padded shape of the same model (another aspect ratio) and the other precision;
+a model conditioned at another scale reuses the neck's and RPN head's traces (no BatchNorm, the same weights) but
+traces its backbone again (its BatchNorm statistics differ).
 ONNX Runtime exports each shape again. The RoI heads (``dynamic_batch=True``: box head
 N x 256 x 7 x 7 -> (cls_score, bbox_pred), mask head N x 256 x 14 x 14 -> N x C x 28 x 28) are converted once with a
 dynamic first dimension, so one conversion serves every number of RoIs N; N == 0 never reaches the runtime (the
