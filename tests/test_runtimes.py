@@ -77,29 +77,6 @@ def test_converts_once_per_shape_and_caches(mask_rcnn, runtime, tiny_input):
     assert {"compile_s", "rss_growth_mb", "peak_rss_growth_mb", "threads"} <= set(c)
 
 
-def test_openvino_traces_a_part_once_and_reshapes_it_for_every_shape_and_precision(mask_rcnn, tiny_input):
-    """A second shape (and the other precision) reuses the trace: no export, the torch outputs all the same."""
-    R.clear_cache()
-    small, wide = tiny_input, torch.randn(1, 3, 64, 160, generator=torch.Generator().manual_seed(1))
-    m = R.RuntimeModule(mask_rcnn.backbone, "openvino", "fp32", "backbone")
-    with torch.no_grad():
-        m(small)
-        out = m(wide)
-        bf16 = R.RuntimeModule(mask_rcnn.backbone, "openvino", "bf16", "backbone")
-        bf16(wide)
-        ref = mask_rcnn.backbone(wide)
-    first, second = m.conversions
-    assert not first["trace_reused"] and first["export_s"] > 0
-    assert second["trace_reused"] and second["export_s"] < 0.01 and second["shape"] == "1x3x64x160"
-    assert bf16.conversions[0]["trace_reused"] and bf16.conversions[0]["inference_precision"] in ("bf16", "f32")
-    assert all(relative_error(r, o) < 1e-4 for r, o in zip(ref, out))
-    R.clear_cache("openvino")
-    again = R.RuntimeModule(mask_rcnn.backbone, "openvino", "fp32", "backbone")
-    with torch.no_grad():
-        again(wide)
-    assert not again.conversions[0]["trace_reused"]  # the cache forgets traces too
-
-
 @pytest.mark.parametrize("runtime", CONVERTED)
 def test_fp32_agrees_with_torch(mask_rcnn, runtime, tiny_input):
     ref = torch_convs(mask_rcnn, tiny_input)

@@ -6,16 +6,8 @@ the box head's NMS and every mask variant stay in PyTorch around them, and each 
 (``backbone``, ``neck``, ``rpn``, ``roi_bbox``, ``roi_mask``).
 
 A :class:`RuntimeModule` stands in for the torch module. On its first call for an input shape it exports the
-module and compiles it. Backbone, neck and RPN head are compiled with static shapes (the padded input size changes
-with the image's aspect ratio, and a new shape compiles again). In OpenVINO they are traced once per weights with
-dynamic spatial dimensions (``_TRACED``) and each shape reshapes a copy and compiles it: tracing costs grow with
-the input while a reshape and compile takes a fraction of a second, and the compiled model runs as fast as one
-traced at its own shape (``benchmarks/openvino_trace.py``; on two Zen 5 cores the backbone traced in 9 s at
-1344x800 and 93 s at 3840x2304, reshaped and compiled in 0.15 s; run 249136 in ``data/benchmarks/``). The trace
-is per weights: it serves a new padded shape of the same model (another aspect ratio) and the other precision;
-a model conditioned at another scale reuses the neck's and RPN head's traces (no BatchNorm, the same weights) but
-traces its backbone again (its BatchNorm statistics differ).
-ONNX Runtime exports each shape again. The RoI heads (``dynamic_batch=True``: box head
+module and compiles it. Backbone, neck and RPN head are converted with static shapes (the padded input size changes
+with the image's aspect ratio, and a new shape converts again). The RoI heads (``dynamic_batch=True``: box head
 N x 256 x 7 x 7 -> (cls_score, bbox_pred), mask head N x 256 x 14 x 14 -> N x C x 28 x 28) are converted once with a
 dynamic first dimension, so one conversion serves every number of RoIs N; N == 0 never reaches the runtime (the
 torch module maps the empty input to empty outputs of the right shape). The compiled model is cached process-wide,
@@ -101,8 +93,6 @@ ROI_PARTS = ("bbox_head", "mask_head")
 CACHE_SIZE = 24
 #: quantized (not yet compiled) models kept per process
 QUANTIZED_CACHE_SIZE = 8
-#: OpenVINO models traced with dynamic spatial dimensions (not yet compiled) kept per process
-TRACED_CACHE_SIZE = 8
 #: how much faster than torch another runtime must be for ``auto`` to pick it
 AUTO_MARGIN = 0.9
 AUTO_TRIALS = 3
@@ -223,8 +213,6 @@ class Compiled:
 _CACHE: "OrderedDict[tuple, Compiled]" = OrderedDict()
 #: quantized ov.Models (dynamic shapes, not compiled) per (weights, calibration, dynamic dims): (model, spec, info)
 _QUANTIZED: "OrderedDict[tuple, tuple[Any, Any, dict]]" = OrderedDict()
-#: ov.Models traced with dynamic spatial dimensions per (weights, dynamic dims): (model, output spec)
-_TRACED: "OrderedDict[tuple, tuple[Any, Any]]" = OrderedDict()
 
 
 def clear_cache(runtime: str | None = None) -> None:
@@ -233,7 +221,6 @@ def clear_cache(runtime: str | None = None) -> None:
         del _CACHE[key]
     if runtime in (None, OPENVINO):
         _QUANTIZED.clear()
-        _TRACED.clear()
     _AUTO_CHOICE.clear()
 
 
@@ -537,8 +524,6 @@ class RuntimeModule(torch.nn.Module):
             with torch.no_grad(), torch.autocast("cpu", enabled=False):
                 if self.quantized:
                     run, export_s, compile_s, details = self._convert_quantized(flat, example, xs, key[4])
-                elif self.runtime == OPENVINO and not self.dynamic:
-                    run, export_s, compile_s, details = self._convert_reshaped(flat, example, key[4])
                 else:
                     run, export_s, compile_s, details = CONVERTERS[self.runtime](flat, example, self.precision,
                                                                                  key[4], self.dynamic)
@@ -573,27 +558,6 @@ class RuntimeModule(torch.nn.Module):
         run, compiled, used = _ov_compile(model, "bf16" if cpu_has_bf16() else "f32", threads)
         return run, export_s, time.perf_counter() - t0, {"inference_precision": used, **info,
                                                          "int8_ops": int8_ops(compiled), "native": compiled}
-
-    def _convert_reshaped(self, flat: _Flat, xs: tuple[torch.Tensor, ...], threads: int):
-        """OpenVINO, a part with static shapes: the part traced once per weights with dynamic spatial dimensions
-        (traced now on ``xs``, or cached), a copy reshaped to ``xs``'s shapes and compiled at the precision."""
-        spatial = tuple(range(2, max(t.dim() for t in xs)))
-        tkey = (self.weights_key(), spatial)
-        hit = _TRACED.get(tkey)
-        t0 = time.perf_counter()
-        if hit is None:
-            model = load(OPENVINO).convert_model(flat, example_input=xs, input=_ov_shapes(xs, spatial))
-            _lru_put(_TRACED, tkey, (model, flat.spec), TRACED_CACHE_SIZE)
-        else:
-            _TRACED.move_to_end(tkey)
-            model, spec = hit
-            flat.spec = flat.spec or spec
-        t1 = time.perf_counter()
-        model = model.clone()
-        model.reshape({model.input(i): s for i, s in enumerate(_ov_shapes(xs, ()))})
-        run, compiled, used = _ov_compile(model, _OV_PRECISION[self.precision], threads)
-        return run, t1 - t0, time.perf_counter() - t1, {"inference_precision": used, "trace_reused": hit is not None,
-                                                        "native": compiled}
 
     def _quantized_model(self, flat: _Flat, example: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...]):
         """(quantized ov.Model with dynamic dims, output spec, record fields, export seconds): NNCF's quantization
