@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import stages as S
-from .stats import (aa_floor, aa_of, findings_markdown, floor_finding, ratio_table, ratio_tables, table_findings,
-                    verdict_of, verdict_summary)
+from .stats import (aa_floor, aa_in, aa_of, findings_markdown, floor_finding, ratio_table, ratio_tables,
+                    table_findings, verdict_of, verdict_summary)
 
 
 class Md(str):
@@ -33,12 +33,11 @@ def preprocess(rows: pd.DataFrame, summary: pd.DataFrame, diffs: pd.DataFrame, b
     from .profiler import with_preprocess_case
 
     rows = with_preprocess_case(rows)
-    aa = aa_of("stock") if (rows["variant"] == aa_of("stock")).any() else None
-    tables = ratio_tables(rows, "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR), aa=aa)
+    tables = ratio_tables(rows, "stock", stages=(S.PREPROCESS, S.DATA_PREPROCESSOR), aa=aa_in(rows, "stock"))
     big, load = summary.xs(big_case), summary["load_ms"].groupby(level="case").median()
     pre = summary["pre_ms"].xs("stock", level="variant")
     said = [f"{c}: {verdict_summary(t, 'stock', 'pre-processing', skip=[aa_of('stock')])}" for c, t in tables.items()]
-    floors = [f"{c}: {floor_finding(t, 'stock')}" for c, t in tables.items() if floor_finding(t, "stock")]
+    floors = [f"{c}: {line}" for c, t in tables.items() if (line := floor_finding(t, "stock"))]
     return {"pre_findings": Md(findings_markdown(said)), "pre_headline": Md(said[-1]), "pre_big_case": big_case,
             "pre_floors": Md(findings_markdown(floors)),
             "pre_auto_chose": ", ".join(f"{c}: {v}" for c, v in summary["chosen"].xs("auto", level="variant").items()),
@@ -75,7 +74,7 @@ def precision(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: s
 def masks(rows: pd.DataFrame, input_size: str) -> dict[str, Any]:
     """03: the variants against ``full`` (alone and with the RLE consumer) and ``raw`` against ``legacy``."""
     case = rows[(rows["sweep"] == "size") & (rows["input_size"] == input_size)]
-    aa = aa_of("full") if (case["variant"] == aa_of("full")).any() else None
+    aa = aa_in(case, "full")
     post = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS,), aa=aa)
     bill = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS, S.CONSUMER_RLE), aa=aa)
     legacy = ratio_table(case, "legacy", stages=(S.MASK_POSTPROCESS,),
@@ -138,8 +137,7 @@ def loading(rows: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Any]:
     items = []
     for scale, case in summary.iterrows():
         one = stream[stream["scale"] == scale]
-        aa = aa_of("serial") if (one["variant"] == aa_of("serial")).any() else None
-        table = ratio_table(one, "serial", aa=aa)
+        table = ratio_table(one, "serial", aa=aa_in(one, "serial"))
         over = (" A measured speed-up sits above the bound, which only noise can do: no gain from overlap is "
                 "claimed here." if exceeds_bound(case) else "")
         items.append(f"Model at {scale}: loading is {100 * case['loading share']:.1f}% of the serial time per "

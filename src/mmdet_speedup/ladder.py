@@ -23,8 +23,8 @@ from .optimize import Predictor, Reference
 from .pipeline import StagedPipeline
 from .profiler import stage_summary, stage_table
 from .project import reference_dir, seed_figures
-from .stats import (FASTER, SLOWER, Interval, Verdict, findings_markdown, preservation_column, ratio_table, row_interval,
-                    takeaway, verdict)
+from .stats import (FASTER, SLOWER, Interval, Verdict, aa_of, findings_markdown, preservation_column, ratio_table,
+                    row_interval, takeaway, verdict)
 
 LEGACY, BASE = "legacy", "stock"
 COMPILE = "+compile"
@@ -47,7 +47,7 @@ def split_case(case: str) -> tuple[str, str]:
 
 
 #: The A/A row: ``stock`` profiled a second time in the same sweep; its ratio interval is the noise floor.
-AA = "stock (A/A)"
+AA = aa_of(BASE)
 
 
 def levers(device: str | torch.device) -> list[tuple[str, dict]]:

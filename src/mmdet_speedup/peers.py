@@ -28,8 +28,10 @@ from .models import STUDY_SCALE, above_study_scale
 from .optimize import Reference
 from .pipeline import StagedPipeline, load_image
 from .profiler import Built
+from .stats import aa_of
 
-BASE, AA = "stock", "stock (A/A)"
+BASE = "stock"
+AA = aa_of(BASE)
 EAGER_BEST, COMPILED_BEST = "torch auto (eager)", "torch auto (compiled)"
 INT8 = "ov int8 (changes results)"
 #: int8 with the library's other levers on top (raw masks, threaded RoIAlign, ...), like ``ov auto``.

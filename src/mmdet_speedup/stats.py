@@ -310,6 +310,12 @@ def aa_of(baseline: str) -> str:
     return f"{baseline} (A/A)"
 
 
+def aa_in(rows: pd.DataFrame, baseline: str) -> str | None:
+    """``baseline``'s A/A row name when ``rows`` hold that row (for ``ratio_table(aa=...)``), else None."""
+    aa = aa_of(baseline)
+    return aa if (rows["variant"] == aa).any() else None
+
+
 def floor_finding(table: pd.DataFrame, baseline: str, what: str = "") -> str:
     """The A/A row of a ``ratio_table`` in words: the sweep's noise floor, which every verdict beside it is held
     to ("" when the table has no A/A row)."""
