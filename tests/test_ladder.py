@@ -205,6 +205,8 @@ def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_worklo
     assert p.pipeline.model.rpn_head.test_cfg["max_per_img"] == 100
     stock = makers["stock"]()
     assert stock.pipeline.model is mask_rcnn and stock.reference is p.reference  # stock runs once for all rows
+    later = lad.predictors(mask_rcnn, fewer, every_row=False)
+    assert list(later) == [lad.path, lad.fewer] and later[lad.path]().choices == lad.choices[lad.path]
 
 
 class _FakeProfiler:

@@ -77,6 +77,49 @@ def test_converts_once_per_shape_and_caches(mask_rcnn, runtime, tiny_input):
     assert {"compile_s", "rss_growth_mb", "peak_rss_growth_mb", "threads"} <= set(c)
 
 
+def test_openvino_traces_a_part_once_and_reshapes_it_for_every_shape_and_precision(mask_rcnn, tiny_input):
+    """A second shape (and the other precision) reuses the trace: no export, the torch outputs all the same."""
+    R.clear_cache()
+    small, wide = tiny_input, torch.randn(1, 3, 64, 160, generator=torch.Generator().manual_seed(1))
+    m = R.RuntimeModule(mask_rcnn.backbone, "openvino", "fp32", "backbone")
+    with torch.no_grad():
+        m(small)
+        out = m(wide)
+        bf16 = R.RuntimeModule(mask_rcnn.backbone, "openvino", "bf16", "backbone")
+        bf16(wide)
+        ref = mask_rcnn.backbone(wide)
+    first, second = m.conversions
+    assert not first["trace_reused"] and first["export_s"] > 0
+    assert second["trace_reused"] and second["export_s"] < 0.01 and second["shape"] == "1x3x64x160"
+    assert bf16.conversions[0]["trace_reused"] and bf16.conversions[0]["inference_precision"] in ("bf16", "f32")
+    assert all(relative_error(r, o) < 1e-4 for r, o in zip(ref, out))
+    R.clear_cache("openvino")
+    again = R.RuntimeModule(mask_rcnn.backbone, "openvino", "fp32", "backbone")
+    with torch.no_grad():
+        again(wide)
+    assert not again.conversions[0]["trace_reused"]  # the cache forgets traces too
+
+
+def test_the_trace_example_crops_a_pyramid_keeping_its_strides():
+    pyramid = [torch.zeros(1, 8, 200 // 2 ** i, 336 // 2 ** i) for i in range(4)] + [torch.zeros(1, 8, 13, 21)]
+    crops = R.trace_example(pyramid, side=64)
+    assert [tuple(t.shape[2:]) for t in crops] == [(64, 64), (32, 32), (16, 16), (8, 8), (5, 4)]
+    assert [tuple(t.shape) for t in R.trace_example([torch.zeros(1, 3, 48, 640)], side=64)] == [(1, 3, 48, 64)]
+
+
+def test_a_part_traced_on_a_crop_serves_the_whole_input(mask_rcnn, monkeypatch):
+    """Backbone, neck (top-down sums at the pyramid's sizes) and RPN head traced on a 32-pixel crop match torch at
+    the full size."""
+    monkeypatch.setattr(R, "TRACE_SIDE", 32)
+    R.clear_cache()
+    x = torch.randn(1, 3, 96, 160, generator=torch.Generator().manual_seed(2))
+    outs, parts = runtime_convs(mask_rcnn, "openvino", "fp32", x)
+    assert [p.conversions[0]["traced_at"] for p in parts] == ["1x3x32x32", "1x256x24x32", "1x256x24x32"]
+    for ref, out in zip(torch_convs(mask_rcnn, x), outs):
+        assert all(relative_error(r, o) < 1e-4 for r, o in zip(flat(ref), flat(out)))
+    R.clear_cache()
+
+
 @pytest.mark.parametrize("runtime", CONVERTED)
 def test_fp32_agrees_with_torch(mask_rcnn, runtime, tiny_input):
     ref = torch_convs(mask_rcnn, tiny_input)

@@ -16,7 +16,8 @@ from .environment import environment, git_sha
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
 #: 2.0: weights v2 (calibrated BatchNorm, models.WEIGHTS_RECIPE), A/A rows and the ladder's climb.
 #: 2.1: the book rewrite: findings generated from the rows (findings.py), int8 with the library's levers, 05 passes 3.
-BENCHMARK_VERSION = "2.1"
+#: 2.2: OpenVINO traces a static-shape part once per weights on a crop (first-call costs), A/A rows in every chapter.
+BENCHMARK_VERSION = "2.2"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",

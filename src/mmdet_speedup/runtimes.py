@@ -6,8 +6,17 @@ the box head's NMS and every mask variant stay in PyTorch around them, and each 
 (``backbone``, ``neck``, ``rpn``, ``roi_bbox``, ``roi_mask``).
 
 A :class:`RuntimeModule` stands in for the torch module. On its first call for an input shape it exports the
-module and compiles it. Backbone, neck and RPN head are converted with static shapes (the padded input size changes
-with the image's aspect ratio, and a new shape converts again). The RoI heads (``dynamic_batch=True``: box head
+module and compiles it. Backbone, neck and RPN head are compiled with static shapes (the padded input size changes
+with the image's aspect ratio, and a new shape compiles again). In OpenVINO they are traced once per weights with
+dynamic spatial dimensions (``_TRACED``), on the input cropped to ``TRACE_SIDE`` pixels a side
+(``trace_example``), and each shape reshapes a copy and compiles it: tracing costs grow with the example while a
+reshape and compile takes a fraction of a second, and the compiled model runs as fast as one traced at its own
+shape (``benchmarks/openvino_trace.py``; on two Zen 5 cores the backbone traced in 9 s at 1344x800 and 93 s at
+3840x2304, reshaped and compiled in 0.15 s; run 249136 in ``data/benchmarks/``). The trace is per weights: it
+serves every padded shape of the same model and the other precision; a model conditioned at another scale reuses
+the neck's and RPN head's traces (no BatchNorm, the same weights) and traces its backbone again (its BatchNorm
+statistics differ) on a crop as small.
+ONNX Runtime exports each shape again. The RoI heads (``dynamic_batch=True``: box head
 N x 256 x 7 x 7 -> (cls_score, bbox_pred), mask head N x 256 x 14 x 14 -> N x C x 28 x 28) are converted once with a
 dynamic first dimension, so one conversion serves every number of RoIs N; N == 0 never reaches the runtime (the
 torch module maps the empty input to empty outputs of the right shape). The compiled model is cached process-wide,
@@ -55,6 +64,7 @@ import hashlib
 import importlib
 import io
 import logging
+import math
 import resource
 import time
 import warnings
@@ -93,6 +103,11 @@ ROI_PARTS = ("bbox_head", "mask_head")
 CACHE_SIZE = 24
 #: quantized (not yet compiled) models kept per process
 QUANTIZED_CACHE_SIZE = 8
+#: OpenVINO models traced with dynamic spatial dimensions (not yet compiled) kept per process
+TRACED_CACHE_SIZE = 8
+#: OpenVINO traces a static-shape part on its input cropped to at most this many pixels a side (the first input;
+#: the others in proportion): the graph has dynamic spatial dimensions, and tracing costs grow with the example
+TRACE_SIDE = 256
 #: how much faster than torch another runtime must be for ``auto`` to pick it
 AUTO_MARGIN = 0.9
 AUTO_TRIALS = 3
@@ -213,6 +228,9 @@ class Compiled:
 _CACHE: "OrderedDict[tuple, Compiled]" = OrderedDict()
 #: quantized ov.Models (dynamic shapes, not compiled) per (weights, calibration, dynamic dims): (model, spec, info)
 _QUANTIZED: "OrderedDict[tuple, tuple[Any, Any, dict]]" = OrderedDict()
+#: ov.Models traced with dynamic spatial dimensions per (weights, dynamic dims): (model, output spec, first input's
+#: shape traced at)
+_TRACED: "OrderedDict[tuple, tuple[Any, Any, str]]" = OrderedDict()
 
 
 def clear_cache(runtime: str | None = None) -> None:
@@ -221,6 +239,7 @@ def clear_cache(runtime: str | None = None) -> None:
         del _CACHE[key]
     if runtime in (None, OPENVINO):
         _QUANTIZED.clear()
+        _TRACED.clear()
     _AUTO_CHOICE.clear()
 
 
@@ -287,6 +306,18 @@ def _dims(shape: Sequence[int], dynamic: Sequence[int]) -> list[int]:
 def _ov_shapes(xs: Sequence[torch.Tensor], dynamic: Sequence[int]) -> list:
     ov = load(OPENVINO)
     return [ov.PartialShape(_dims(t.shape, dynamic)) for t in xs]
+
+
+def trace_example(xs: Sequence[torch.Tensor], side: int | None = None) -> tuple[torch.Tensor, ...]:
+    """``xs`` cropped (top left) for tracing: the first input to at most ``side`` (``TRACE_SIDE``) per spatial
+    dimension, each other input by the same factor, rounded up, so that feature pyramids keep their strides."""
+    side = TRACE_SIDE if side is None else side
+    first = xs[0].shape[2:]
+    out = []
+    for t in xs:
+        crop = [min(d, max(1, math.ceil(min(f, side) * d / f))) for d, f in zip(t.shape[2:], first)]
+        out.append(t[(..., *(slice(0, c) for c in crop))].contiguous())
+    return tuple(out)
 
 
 def _ov_compile(model, hint: str, threads: int):
@@ -524,6 +555,8 @@ class RuntimeModule(torch.nn.Module):
             with torch.no_grad(), torch.autocast("cpu", enabled=False):
                 if self.quantized:
                     run, export_s, compile_s, details = self._convert_quantized(flat, example, xs, key[4])
+                elif self.runtime == OPENVINO and not self.dynamic:
+                    run, export_s, compile_s, details = self._convert_reshaped(flat, example, key[4])
                 else:
                     run, export_s, compile_s, details = CONVERTERS[self.runtime](flat, example, self.precision,
                                                                                  key[4], self.dynamic)
@@ -558,6 +591,30 @@ class RuntimeModule(torch.nn.Module):
         run, compiled, used = _ov_compile(model, "bf16" if cpu_has_bf16() else "f32", threads)
         return run, export_s, time.perf_counter() - t0, {"inference_precision": used, **info,
                                                          "int8_ops": int8_ops(compiled), "native": compiled}
+
+    def _convert_reshaped(self, flat: _Flat, xs: tuple[torch.Tensor, ...], threads: int):
+        """OpenVINO, a part with static shapes: the part traced once per weights with dynamic spatial dimensions
+        (traced now on ``trace_example(xs)``, or cached), a copy reshaped to ``xs``'s shapes and compiled at the
+        precision."""
+        spatial = tuple(range(2, max(t.dim() for t in xs)))
+        tkey = (self.weights_key(), spatial)
+        hit = _TRACED.get(tkey)
+        t0 = time.perf_counter()
+        if hit is None:
+            small = trace_example(xs)
+            model = load(OPENVINO).convert_model(flat, example_input=small, input=_ov_shapes(small, spatial))
+            traced_at = "x".join(map(str, small[0].shape))
+            _lru_put(_TRACED, tkey, (model, flat.spec, traced_at), TRACED_CACHE_SIZE)
+        else:
+            _TRACED.move_to_end(tkey)
+            model, spec, traced_at = hit
+            flat.spec = flat.spec or spec
+        t1 = time.perf_counter()
+        model = model.clone()
+        model.reshape({model.input(i): s for i, s in enumerate(_ov_shapes(xs, ()))})
+        run, compiled, used = _ov_compile(model, _OV_PRECISION[self.precision], threads)
+        return run, t1 - t0, time.perf_counter() - t1, {"inference_precision": used, "trace_reused": hit is not None,
+                                                        "traced_at": traced_at, "native": compiled}
 
     def _quantized_model(self, flat: _Flat, example: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...]):
         """(quantized ov.Model with dynamic dims, output spec, record fields, export seconds): NNCF's quantization
