@@ -50,7 +50,8 @@ NOTEBOOKS = ROOT / "notebooks"
 #: One `make book` at 91d9034 on an AMD EPYC Zen 5 (family 26, twice Zen 4's bf16 matmul peak), model cache cold:
 #: 01 150 s, 02 169 s, 03 50 s, 04 519 s, 05 314 s, 07 1510 s, 06 1798 s (75 min with the HTML). At 65f60c3 (3 passes
 #: at 3840x2304 in 06 and 07, A/A rows everywhere), same machine, cache cold: 01 151, 02 181, 03 59, 04 539,
-#: 05 391, 07 1190, 06 1329 s (64 min).
+#: 05 391, 07 1190, 06 1329 s (64 min). At 49f4eb7 (OpenVINO traces on a crop; 06 checks the path's agreement
+#: at 3840x2304), same machine, cache cold: 01 135, 02 177, 03 59, 04 552, 05 380, 07 1036, 06 1034 s (56 min).
 #: A guide, not a limit.
 BUDGETS = {"01_preprocess": 350, "02_precision": 650, "03_masks": 150, "04_nms": 1300, "05_loading": 600,
            "06_ladder": 2400, "07_runtimes": 3000}
