@@ -6,8 +6,9 @@
 Mask R-CNN R-50-FPN's backbone, conditioned random weights, as ``runtimes.RuntimeModule`` runs it in OpenVINO
 (bf16 hint). Four first calls, each from an empty cache: at the small size; at the large size after the small one
 (the trace is reused and reshaped); at the large size alone, traced at that size; and at the large size alone traced
-on a crop (``runtimes.TRACE_SIDE``, what the library does). The first three trace at the input's own size. Then the small size's compiled
-model from its own trace against one reshaped from a trace at the large size, timed in alternating rounds.
+on a crop (``runtimes.TRACE_SIDE``, what the library does). The first three trace at the input's own size. Then
+the small size's compiled model from its own trace against one reshaped from a trace at the large size, timed in
+alternating rounds.
 Prints the table; with --out, appends the tidy rows (stage ``backbone``) and records the environment beside them.
 """
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 
 from .pipeline import ImageLike, StagedPipeline
+from .stats import aa_of
 
 
 class ReaderError(RuntimeError):
@@ -137,7 +138,7 @@ def throughput(fn: Callable[[], list], n_images: int, device: torch.device) -> f
 #: ``serial`` again, whose interval is the sweep's noise floor.
 LOADING: dict[str, Callable[..., list]] = {
     "serial": lambda pipe, sources, **kw: run_serial(pipe, sources),
-    "serial (A/A)": lambda pipe, sources, **kw: run_serial(pipe, sources),  # the noise floor
+    aa_of("serial"): lambda pipe, sources, **kw: run_serial(pipe, sources),  # the noise floor
     "overlapped": run_overlapped,
     "overlapped (equal priority)": lambda pipe, sources, **kw: run_overlapped(pipe, sources, nice=0, **kw),
 }
