@@ -42,14 +42,14 @@ def image(images) -> Path:
 def mask_rcnn():
     from mmdet_speedup import Workload, build_detector
 
-    return build_detector("mask-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
+    return build_detector("mask-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu", workload=Workload(**SMALL))
 
 
 @pytest.fixture(scope="session")
 def faster_rcnn():
     from mmdet_speedup import Workload, build_detector
 
-    return build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
+    return build_detector("faster-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu", workload=Workload(**SMALL))
 
 
 @pytest.fixture(scope="session")

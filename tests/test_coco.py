@@ -163,8 +163,42 @@ def test_max_images_scores_only_the_images_run(mask_rcnn, own):
 def test_category_count_mismatch_is_a_clear_error(mask_rcnn, own, tmp_path):
     root, both, _ = own
     a = json.loads(both.read_text())
-    a["categories"] = a["categories"][:3]
+    a["categories"] = a["categories"] + [{"id": 81, "name": "81"}]  # a subset is scored; more classes cannot be
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(a))
-    with pytest.raises(ValueError, match="categories"):
+    with pytest.raises(ValueError, match="81 categories but the model predicts 80"):
         optimize(mask_rcnn, precision="fp32", runtime="torch", device="cpu").coco_report(bad, root, max_images=1)
+
+
+class _FakePipe:
+    """A pipeline of an 80-class model that returns the hand-made detections of each image, plus one of a
+    class the annotations do not have (label 50), which the evaluation must leave out."""
+
+    def __init__(self, move=lambda m: m):
+        from types import SimpleNamespace
+
+        self.model = SimpleNamespace(roi_head=SimpleNamespace(bbox_head=SimpleNamespace(num_classes=80)))
+        self.move = move
+
+    def __call__(self, path):
+        d = _dets(int(path.rsplit("/", 1)[-1].split(".")[0]), "tensor", self.move)
+        extra = torch.zeros(1, H, W, dtype=torch.bool)
+        extra[0, 20:40, 20:40] = True
+        return Detections(torch.cat([d.bboxes, torch.tensor([[20.0, 20.0, 40.0, 40.0]])]),
+                          torch.cat([d.scores, torch.tensor([0.99])]), torch.cat([d.labels, torch.tensor([50])]),
+                          torch.cat([d.masks, extra]), (H, W))
+
+
+def test_a_category_subset_of_the_models_classes_is_scored(ann):
+    from mmdet_speedup.coco import evaluate
+
+    perfect = evaluate(_FakePipe(), ann, ann.parent, detail=True)
+    assert perfect["bbox_AP"] == perfect["segm_AP"] == perfect["bbox_AP75"] == 1.0
+    shifted = evaluate(_FakePipe(lambda m: np.roll(m, 4, axis=1)), ann, ann.parent)
+    assert shifted["bbox_AP"] < 0.6 and shifted["segm_AP"] < 0.6
+    a = json.loads(ann.read_text())
+    a["categories"] = [{"id": c, "name": str(c)} for c in range(1, 82)]
+    too_many = ann.with_name("too_many.json")
+    too_many.write_text(json.dumps(a))
+    with pytest.raises(ValueError, match="81 categories but the model predicts 80 classes"):
+        evaluate(_FakePipe(), too_many, ann.parent)

@@ -24,7 +24,7 @@ def test_conditioning_is_seeded(image):
     from mmdet_speedup import Workload, build_detector
 
     from .conftest import SMALL
-    a = build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
-    b = build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(**SMALL))
+    a = build_detector("faster-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu", workload=Workload(**SMALL))
+    b = build_detector("faster-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu", workload=Workload(**SMALL))
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert na == nb and torch.equal(pa, pb), na

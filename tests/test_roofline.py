@@ -86,7 +86,7 @@ def small_pipeline():
     from mmdet_speedup import StagedPipeline, Workload, build_detector
 
     # FLOPs of backbone, neck and RPN head do not depend on the weights: skip the conditioning (13 s here)
-    model = build_detector("mask-rcnn_r50_fpn_1x_coco", device="cpu", conditioning=None,
+    model = build_detector("mask-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu", conditioning=None,
                            workload=Workload(scale=(320, 224), dets_per_image=20, rpn_proposals=100))
     return StagedPipeline(model)
 

@@ -138,7 +138,8 @@ def test_a_conditioned_model_from_the_cache_is_the_model_conditioning_makes(tmp_
     from mmdet_speedup import Workload, build_detector
 
     def build():
-        model = build_detector("faster-rcnn_r50_fpn_1x_coco", device="cpu", workload=Workload(scale=(320, 224)))
+        model = build_detector("faster-rcnn_r50_fpn_1x_coco", weights="conditioned", device="cpu",
+                               workload=Workload(scale=(320, 224)))
         return model.state_dict(), torch.rand(3)  # the draw after the build: the random state conditioning left
 
     monkeypatch.setenv("MMDET_SPEEDUP_MODEL_CACHE", "0")

@@ -92,8 +92,8 @@ class Chapter:
         p = self.params
         workload = Workload(scale=parse_size(scale or p.get("scale")), dets_per_image=dets or p.get("dets"),
                             rpn_proposals=rpn_proposals or p.get("rpn_proposals"))
-        return build_detector(config or p["config"], checkpoint=p.get("checkpoint"), device=str(self.device),
-                              workload=workload)
+        return build_detector(config or p["config"], checkpoint=p.get("checkpoint"),
+                              weights=p.get("weights", "conditioned"), device=str(self.device), workload=workload)
 
     def profiler(self, model, **kw):
         """A profiler that records into this chapter's rows, with its ``warmup`` and the study's repeat rule for the

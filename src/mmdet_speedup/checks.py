@@ -117,16 +117,37 @@ def _optional_checkpoint(v: Any, name: str) -> Any:
     return v if v is None else checkpoint_file(v)
 
 
+#: Where a COCO folder keeps the val2017 annotations and images (as cocodataset.org's archives unpack).
+COCO_ANNOTATIONS = "annotations/instances_val2017.json"
+COCO_IMAGES = "val2017"
+
+
+def coco_folder(path: str | os.PathLike) -> tuple[Path, Path]:
+    """A COCO folder's val2017 annotation file and image folder, both present."""
+    root = Path(path)
+    if not root.is_dir():
+        raise InputError(f"COCO folder not found: {root}")
+    ann, img = root / COCO_ANNOTATIONS, root / COCO_IMAGES
+    if not ann.is_file():
+        raise InputError(f"COCO folder {root} has no {COCO_ANNOTATIONS}")
+    if not img.is_dir():
+        raise InputError(f"COCO folder {root} has no {COCO_IMAGES}/ image folder")
+    return ann, img
+
+
 PARAMETER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "device": lambda v, n: choice(v, ("auto", "cpu", "cuda"), n),
     "checkpoint": _optional_checkpoint,
+    "coco": lambda v, n: v if v is None else coco_folder(v),
+    "weights": lambda v, n: choice(v, ("auto", "trained", "conditioned"), n),
     "config": lambda v, n: v if isinstance(v, str) and v else _fail(f"must be a config name or path, got {v!r}"),
     **{k: lambda v, n: size(v) for k in ("scale", "input_size", "input_for_dets")},
     "seed_case": lambda v, n: v if v in ("", None) else size(v),
     "input_sizes": _sizes,
     **{k: lambda v, n: count(v, n) for k in ("threads", "repeats", "n_images", "dets", "rpn_proposals",
                                              "fewer_proposals", "dets_for_sizes", "nms_repeats", "n_stream",
-                                             "passes", "depth")},
+                                             "passes", "depth", "val_images", "figure_images")},
+    **{k: lambda v, n: count(v, n, minimum=0) for k in ("train_images", "val_large_images")},
     "warmup": lambda v, n: count(v, n, minimum=0),
     **{k: _counts for k in ("dets_list", "ns", "c4_pre_nms", "fpn_pre_nms")},
     **{k: _cases for k in ("cases", "equivalence_cases")},

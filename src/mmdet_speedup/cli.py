@@ -67,7 +67,10 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("profile", help="time every stage of a two-stage detector, per variant")
     q.add_argument("config", help="config path or mmdet packaged config name, e.g. mask-rcnn_r50_fpn_1x_coco")
-    q.add_argument("--checkpoint", help="real weights (default: conditioned random weights)")
+    q.add_argument("--checkpoint", help="an mmdet checkpoint (default: --weights)")
+    q.add_argument("--weights", default="auto", choices=["auto", "trained", "conditioned"],
+                   help="without a checkpoint: the repository's trained weights, conditioned random ones, or auto "
+                        "(trained where they fit the config)")
     q.add_argument("--image", nargs="+", default=None,
                    help=f"image paths (default: {sample_image().name}, shipped with the package)")
     q.add_argument("--input-size", default=None, type=_typed(checks.size, "input size"),
@@ -93,7 +96,48 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--rle", action="store_true", help="also time a consumer that RLE-encodes every mask")
     q.add_argument("--out", default=None, help="append tidy rows to this CSV")
     q.add_argument("--traceback", action="store_true", help="show the full traceback of an unexpected error")
+    from .synth import SPLITS
+    from .train import Recipe
+    d = sub.add_parser("data", help="generate the labelled shapes data set (cached, never committed)")
+    d.add_argument("splits", nargs="*", default=list(SPLITS), help=f"{', '.join(SPLITS)} (default: all)")
+    t = sub.add_parser("train", help="train the study's Mask R-CNN on the shapes (resumes from its last save)")
+    t.add_argument("--iters", type=_count("iters"), default=Recipe().iters, help="the schedule's length")
+    t.add_argument("--until", type=_count("until"), default=None, help="stop after this iteration (resume later)")
+    t.add_argument("--work-dir", default=None, help="training state folder (default: outside the repository)")
+    e = sub.add_parser("export", help="write the trained weights (BatchNorm re-estimated) as safetensors")
+    e.add_argument("--work-dir", default=None)
+    e.add_argument("--out", default=None, help="weights file (default: the repository's data/weights/ file)")
+    for x in (d, t, e):
+        x.add_argument("--traceback", action="store_true", help="show the full traceback of an unexpected error")
     return p
+
+
+def data(args) -> int:
+    from . import synth
+
+    for name in args.splits:
+        synth.split(name)
+    for name in args.splits:
+        print(f"{name}: {synth.generate(name)}")
+    return 0
+
+
+def train(args) -> int:
+    from dataclasses import replace
+
+    from .train import Recipe, train as run
+
+    work = run(replace(Recipe(), iters=args.iters), work_dir=args.work_dir, until=args.until)
+    print(f"training state in {work}")
+    return 0
+
+
+def export(args) -> int:
+    from .train import export as run
+
+    rec = run(work_dir=args.work_dir, out=args.out)
+    print(f"wrote {rec['path']} (sha256 {rec['sha256'][:16]}..., {rec['bytes'] / 2**20:.1f} MiB)")
+    return 0
 
 
 def check(args) -> list[str]:
@@ -108,6 +152,14 @@ def check(args) -> list[str]:
     load_config(args.config)  # an unknown config or a detector the pipeline cannot split: one line
     if args.checkpoint is not None:
         checks.checkpoint_file(args.checkpoint)
+    elif args.weights != "conditioned":
+        from . import weights
+        from .models import config_path, trained_serves
+
+        if trained_serves(args.config):
+            weights.load_state(config=config_path(args.config).stem)  # missing or corrupt: one line, before work
+        elif args.weights == "trained":
+            raise checks.InputError(f"the trained weights serve {', '.join(weights.SERVES)}, not {args.config}")
     try:
         dev = resolve_device(args.device)
     except ValueError as e:
@@ -145,7 +197,7 @@ def profile(args, state: dict) -> int:
     frames = []
     for scale, dets, pre in itertools.product(_list(args.scale, parse_size), _list(args.dets, int),
                                               _list(args.rpn_pre_nms, int)):
-        model = build_detector(args.config, checkpoint=args.checkpoint, device=args.device,
+        model = build_detector(args.config, checkpoint=args.checkpoint, weights=args.weights, device=args.device,
                                workload=Workload(scale=scale, dets_per_image=dets, rpn_pre_nms=pre))
         for size in _list(args.input_size):
             samples = prepare_inputs(images, size)
@@ -184,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     state: dict = {}
     try:
+        if args.command != "profile":
+            return {"data": data, "train": train, "export": export}[args.command](args)
         return profile(args, state)
     except KeyboardInterrupt:
         print(interrupted(state.get("recorder")), file=sys.stderr)

@@ -65,7 +65,20 @@ def weights_recipe() -> dict[str, Any]:
 
     from .models import WEIGHTS_RECIPE, Conditioning
 
-    return {"recipe": WEIGHTS_RECIPE, "conditioning": asdict(Conditioning())}
+    return {"recipe": WEIGHTS_RECIPE, "conditioning": asdict(Conditioning()), "trained": trained_weights()}
+
+
+def trained_weights() -> dict[str, Any] | None:
+    """The repository's trained weights as recorded beside them (file, sha256, iterations), or None."""
+    import json
+
+    from . import weights
+
+    rec = weights.record_path(weights.default_path())
+    if not rec.is_file():
+        return None
+    r = json.loads(rec.read_text())
+    return {k: r.get(k) for k in ("file", "sha256", "architecture", "iterations", "data")}
 
 
 #: Packages a run may use beside the stack (runtimes, the deployed peer); recorded when installed.

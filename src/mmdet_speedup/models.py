@@ -266,17 +266,44 @@ def check_two_stage(model) -> None:
         raise UnsupportedModelError(why)
 
 
-def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, device: str = "auto",
-                   workload: Workload | None = Workload(), conditioning: Conditioning | None = Conditioning()):
-    """An mmdet two-stage detector in eval mode. Without a checkpoint: seeded, conditioned random weights."""
+#: What gives a detector built without a checkpoint its weights.
+WEIGHTS = ("auto", "trained", "conditioned")
+
+
+def trained_serves(config: str | os.PathLike) -> bool:
+    """Whether the repository's trained weights fit this config (the study's Mask R-CNN, or its box parts)."""
+    from . import weights as W
+
+    return config_path(config).stem in W.SERVES
+
+
+def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, weights: str = "auto",
+                   device: str = "auto", workload: Workload | None = Workload(),
+                   conditioning: Conditioning | None = Conditioning()):
+    """An mmdet two-stage detector in eval mode.
+
+    Its weights: ``checkpoint`` (an mmdet checkpoint) when given; else ``weights``: ``"trained"`` (the
+    repository's Mask R-CNN trained on the generated shapes, also a Faster R-CNN FPN's box parts),
+    ``"conditioned"`` (seeded random weights, see :class:`Conditioning`), or ``"auto"``: trained where they fit
+    the config, conditioned elsewhere (the C4 and cascade models).
+    """
     from mmdet.apis import init_detector
     from mmdet.utils import register_all_modules
 
+    from .checks import choice
+
     register_all_modules()
+    choice(weights, WEIGHTS, "weights")
     dev = resolve_device(device)
     if checkpoint is not None:
         checkpoint_file(checkpoint)
+    if checkpoint is None and weights == "trained" and not trained_serves(config):
+        from . import weights as W
+        raise InputError(f"the trained weights serve {', '.join(W.SERVES)}, not {config_path(config).stem}")
+    trained = checkpoint is None and weights != "conditioned" and trained_serves(config)
     cfg = load_config(config, workload)
+    if trained:
+        return _build_trained(cfg, config, dev, workload)
     if conditioning is not None and checkpoint is None:
         torch.manual_seed(conditioning.seed)
         np.random.seed(conditioning.seed)
@@ -307,6 +334,36 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
             if cached is not None:
                 _save_conditioned(model, cached)
         model.mmdet_speedup_calibration = tuple(p.name for p in images)
+    model.mmdet_speedup_weights = "checkpoint" if checkpoint is not None else \
+        "conditioned" if conditioning is not None else "random"
+    model.mmdet_speedup_config = str(config_path(config).stem)
+    model.mmdet_speedup_workload = workload
+    return model
+
+
+def _build_trained(cfg, config, dev: torch.device, workload: Workload | None):
+    """The config's detector with the repository's trained weights, checked (see :mod:`weights`)."""
+    import contextlib
+    import io
+    import warnings
+
+    from mmdet.apis import init_detector
+
+    from . import weights as W
+
+    state = W.load_state(config=config_path(config).stem)  # every check before the model is built
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        model = init_detector(cfg, checkpoint=None, device="cpu")
+    W.fit(model, state, W.default_path(), config_path(config).stem)
+    model.to(dev)
+    check_two_stage(model)
+    model.eval()
+    record = W.read_record(W.default_path())
+    classes = list(model.dataset_meta["classes"])
+    classes[:len(record.get("classes", ()))] = record.get("classes", ())  # the shapes take the first labels
+    model.dataset_meta = {**model.dataset_meta, "classes": tuple(classes)}
+    model.mmdet_speedup_weights = f"trained {record['sha256'][:12]}"
     model.mmdet_speedup_config = str(config_path(config).stem)
     model.mmdet_speedup_workload = workload
     return model
