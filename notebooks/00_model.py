@@ -92,7 +92,7 @@ model_page.curve_figure(curve, ax)
 rows, dets = model_page.evaluate(splits, counts, ch.device)
 if coco:  # a reader's COCO checkpoint and folder: its AP on COCO val2017 beside
     rows = pd.concat([rows, model_page.evaluate_coco(checkpoint, coco, val_images, ch.device)])
-ch.record("00_model_ap", rows)
+_ = ch.record("00_model_ap", rows)
 
 # %% tags=["hide-input"]
 ap = ch.rows("00_model_ap")

@@ -122,3 +122,23 @@ def test_non_finite_values_are_refused(tmp_path, trained):
             weights.save(trained, tmp_path / "w.safetensors", {})
         finally:
             trained.rpn_head.rpn_cls.bias.data.copy_(weights.load_state()["rpn_head.rpn_cls.bias"])
+
+
+def test_a_checkpoint_file_is_one_parameter_away(tmp_path, trained):
+    """An mmdet checkpoint the test writes (the trained weights in mmdet's format) builds the same model; one of
+    another architecture is refused in one line; a COCO folder without its annotations too."""
+    from mmdet_speedup.checks import coco_folder
+
+    ck = tmp_path / "mask_rcnn.pth"
+    torch.save({"state_dict": trained.state_dict(), "meta": {"dataset_meta": {"classes": synth.CLASSES}}}, ck)
+    model = build_detector("mask-rcnn_r50_fpn_1x_coco", checkpoint=str(ck), device="cpu",
+                           workload=Workload(scale=(1333, 800)))
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
+    assert model.mmdet_speedup_weights == "checkpoint"
+    faster = tmp_path / "faster.pth"
+    torch.save({"state_dict": {k: v for k, v in trained.state_dict().items() if "mask_head" not in k}}, faster)
+    with pytest.raises(InputError, match=r"does not fit mask-rcnn_r50_fpn_1x_coco: \d+ weights missing"):
+        build_detector("mask-rcnn_r50_fpn_1x_coco", checkpoint=str(faster), device="cpu")
+    (tmp_path / "coco" / "val2017").mkdir(parents=True)
+    with pytest.raises(InputError, match="has no annotations/instances_val2017.json"):
+        coco_folder(tmp_path / "coco")

@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--iters", type=_count("iters"), default=Recipe().iters, help="the schedule's length")
     t.add_argument("--until", type=_count("until"), default=None, help="stop after this iteration (resume later)")
     t.add_argument("--work-dir", default=None, help="training state folder (default: outside the repository)")
+    t.add_argument("--init", default=None, help="start from this weights file (a later stage: fresh optimizer)")
     e = sub.add_parser("export", help="write the trained weights (BatchNorm re-estimated) as safetensors")
     e.add_argument("--work-dir", default=None)
     e.add_argument("--out", default=None, help="weights file (default: the repository's data/weights/ file)")
@@ -127,7 +128,7 @@ def train(args) -> int:
 
     from .train import Recipe, train as run
 
-    work = run(replace(Recipe(), iters=args.iters), work_dir=args.work_dir, until=args.until)
+    work = run(replace(Recipe(), iters=args.iters, init=args.init), work_dir=args.work_dir, until=args.until)
     print(f"training state in {work}")
     return 0
 

@@ -67,8 +67,8 @@ def ap_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Box and mask AP per split, COCO's figures on the 0-1 scale, as recorded."""
     out = {}
     for _, r in rows.iterrows():
-        out[r["split"]] = {"images": int(r["images"]),
-                           **{f"box {k}": r[f"bbox_{k}"] for k in STATS}, **{f"mask {k}": r[f"segm_{k}"] for k in STATS}}
+        out[f"{r['split']} ({int(r['images'])} images)"] = {
+            **{f"box {k}": r[f"bbox_{k}"] for k in STATS}, **{f"mask {k}": r[f"segm_{k}"] for k in STATS}}
     return pd.DataFrame(out)
 
 
@@ -133,15 +133,17 @@ def recipe_table(record: dict) -> pd.DataFrame:
     """The training recipe and its cost, as the weights' record holds them."""
     r, m = record["recipe"], record.get("machine") or {}
     return pd.DataFrame({"value": {
-        "iterations": record["iterations"], "batch": f"{r['batch']} crops of {r['crop']}x{r['crop']} px",
+        "iterations": record["iterations"], "batch": f"{r['batch']} crops, {r['crop']} px",
         "resize before the crop": f"x{r['resize'][0]:g} to x{r['resize'][1]:g} of 1333x800",
-        "optimizer": f"AdamW, lr {r['lr']:g}, weight decay {r['weight_decay']:g}, gradient norm clipped at {r['clip']:g}",
-        "schedule": f"{r['warmup']} warm-up iterations, then cosine decay to {r['final_lr']:g} of lr",
+        "optimizer": f"AdamW, lr {r['lr']:g}, decay {r['weight_decay']:g}",
+        "gradient norm clipped at": f"{r['clip']:g}",
+        "schedule": f"{r['warmup']} warm-up, cosine to {r['final_lr']:g} lr",
         "sampled RoIs per image": r["rois_per_image"],
-        "time in the training loop": f"{record['seconds_in_loop'] / 3600:.2f} h on 2 cores "
+        "time in the training loop": f"{record['seconds_in_loop'] / 3600:.2f} h, 2 cores "
                                      f"({m.get('uarch') or m.get('vendor', 'CPU')})",
-        "BatchNorm statistics re-estimated on": f"{record['bn_reestimated_on']} train crops",
-        "weights file": f"{record['file']} ({record['bytes'] / 2**20:.1f} MiB, sha256 {record['sha256'][:12]}...)",
+        "BatchNorm re-estimated on": f"{record['bn_reestimated_on']} train crops",
+        "weights file (MiB)": f"{record['bytes'] / 2**20:.1f}",
+        "sha256": f"{record['sha256'][:16]}...",
     }})
 
 
@@ -176,7 +178,7 @@ def figure(ann_file: Path, dets: dict, n: int):
     doc = json.loads(Path(ann_file).read_text())
     files = {im["id"]: im["file_name"] for im in doc["images"]}
     shown = list(dets.items())[:n]
-    _, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 4.4), layout="tight", squeeze=False)
+    _, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 3.5), layout="tight", squeeze=False)
     for ax, (i, d) in zip(axes[0], shown):
         draw(ax, synth.image_dir(ann_file) / files[i], d, synth.CLASSES, title=files[i])
 

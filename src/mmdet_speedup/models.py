@@ -320,6 +320,8 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
                 raise
             raise InputError(f"could not load checkpoint {checkpoint} into {cfg.model.type}: "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    if checkpoint is not None:
+        check_fits(model, checkpoint, config_path(config).stem)
     check_two_stage(model)
     model.eval()
     if checkpoint is None and conditioning is not None:
@@ -339,6 +341,24 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
     model.mmdet_speedup_config = str(config_path(config).stem)
     model.mmdet_speedup_workload = workload
     return model
+
+
+def check_fits(model, checkpoint: str | os.PathLike, config: str) -> None:
+    """A checkpoint must hold every weight of the model, shaped as the model's (mmengine loads leniently and only
+    warns): a checkpoint of another architecture is one line, not a model with random parts."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"checkpoint {checkpoint} cannot be read as weights: {type(e).__name__}") from None
+    state = saved.get("state_dict", saved) if isinstance(saved, dict) else {}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or extra or bad:
+        first = (missing or extra or bad)[0]
+        raise InputError(f"checkpoint {checkpoint} does not fit {config}: {len(missing)} weights missing, "
+                         f"{len(extra)} unexpected, {len(bad)} of another shape (first: {first})")
 
 
 def _build_trained(cfg, config, dev: torch.device, workload: Workload | None):

@@ -40,7 +40,8 @@ class Recipe:
     autocast: bool = True  # bf16 for backbone and neck, where the CPU has bf16 matrix instructions
     checkpoint_every: int = 40
     log_every: int = 10
-    bn_images: int = 96  # train crops that re-estimate BatchNorm statistics at export
+    init: str | None = None  # a weights file (safetensors) to start from: a later stage, fresh optimizer
+    bn_images: int = 200  # train crops that re-estimate BatchNorm statistics at export
     seed: int = 0
 
 
@@ -210,6 +211,11 @@ def train(recipe: Recipe = Recipe(), ann_file: str | os.PathLike | None = None,
     cfg = config(recipe, ann, work)
     if until is not None:
         cfg.train_cfg["max_iters"] = min(recipe.iters, int(until))  # the scheduler keeps the recipe's length
+    if recipe.init and not (work / "last_checkpoint").is_file():  # a new stage from saved weights
+        from . import weights
+
+        torch.save({"state_dict": weights.load_state(recipe.init)}, work / "init.pth")
+        cfg.load_from, cfg.resume = str(work / "init.pth"), False
     (work / "recipe.json").write_text(__import__("json").dumps(asdict(recipe), indent=1))
     runner = Runner.from_cfg(cfg)
     with _own_state_loads():
@@ -308,7 +314,7 @@ def learning_curve(work_dir: str | os.PathLike):
 
 
 def export(work_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-           recipe: Recipe | None = None) -> dict:
+           recipe: Recipe | None = None, bn_images: int | None = None) -> dict:
     """Write the last save's weights, BatchNorm re-estimated, as the repository's safetensors file with its
     record (recipe, iterations, time in the loop) and the learning curve beside it."""
     import json
@@ -324,7 +330,7 @@ def export(work_dir: str | os.PathLike | None = None, out: str | os.PathLike | N
             if saved.is_file() else Recipe()
     model = trained_model(work)
     t = time.perf_counter()
-    n = reestimate_bn(model, recipe, synth.generate("train"))
+    n = reestimate_bn(model, recipe, synth.generate("train"), images=bn_images or Recipe().bn_images)
     bn_s = time.perf_counter() - t
     curve = learning_curve(work)
     path = Path(out) if out else weights.default_path()
