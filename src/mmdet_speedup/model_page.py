@@ -97,7 +97,10 @@ def draw(ax, image_path: Path, dets, classes, score: float = 0.5, title: str = "
 
     img = cv2.imread(str(image_path))[..., ::-1].astype(np.float32) / 255
     keep = (dets.scores > score).nonzero().flatten().tolist()
-    colors = __import__("matplotlib").colormaps["tab10"]
+    import matplotlib
+    import matplotlib.patches
+
+    colors = matplotlib.colormaps["tab10"]
     for i in keep:
         c = np.array(colors(int(dets.labels[i]) % 10)[:3])
         if dets.masks is not None:
@@ -109,7 +112,7 @@ def draw(ax, image_path: Path, dets, classes, score: float = 0.5, title: str = "
     for i in keep:
         x1, y1, x2, y2 = dets.bboxes[i].tolist()
         c = colors(int(dets.labels[i]) % 10)
-        ax.add_patch(__import__("matplotlib").patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=1))
+        ax.add_patch(matplotlib.patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=c, lw=1))
         ax.text(x1, y1, f"{classes[int(dets.labels[i])]} {float(dets.scores[i]):.2f}", color="white", fontsize=7,
                 bbox=dict(facecolor=c, alpha=0.8, pad=1, lw=0), va="bottom")
     ax.set_axis_off()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -216,7 +217,7 @@ def train(recipe: Recipe = Recipe(), ann_file: str | os.PathLike | None = None,
 
         torch.save({"state_dict": weights.load_state(recipe.init)}, work / "init.pth")
         cfg.load_from, cfg.resume = str(work / "init.pth"), False
-    (work / "recipe.json").write_text(__import__("json").dumps(asdict(recipe), indent=1))
+    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
     runner = Runner.from_cfg(cfg)
     with _own_state_loads():
         runner.train()
@@ -296,14 +297,12 @@ def reestimate_bn(model, recipe: Recipe, ann_file: Path, images: int | None = No
 
 def learning_curve(work_dir: str | os.PathLike):
     """Every logged iteration of every run in ``work_dir`` (resumed runs append), last log of an iteration wins."""
-    import json
-
     import pandas as pd
 
     rows = []
     for f in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
         for line in f.read_text().splitlines():
-            with __import__("contextlib").suppress(json.JSONDecodeError):
+            with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
     if not rows:
         raise InputError(f"no training log in {work_dir}")
@@ -317,7 +316,6 @@ def export(work_dir: str | os.PathLike | None = None, out: str | os.PathLike | N
            recipe: Recipe | None = None, bn_images: int | None = None) -> dict:
     """Write the last save's weights, BatchNorm re-estimated, as the repository's safetensors file with its
     record (recipe, iterations, time in the loop) and the learning curve beside it."""
-    import json
     import time
 
     from . import synth, weights
