@@ -140,7 +140,7 @@ def recipe_table(record: dict) -> pd.DataFrame:
         "resize before the crop": f"x{r['resize'][0]:g} to x{r['resize'][1]:g} of 1333x800",
         "optimizer": f"AdamW, lr {r['lr']:g}, decay {r['weight_decay']:g}",
         "gradient norm clipped at": f"{r['clip']:g}",
-        "schedule": f"{r['warmup']} warm-up, cosine to {r['final_lr']:g} lr",
+        "schedule": f"{r['warmup']} warm-up, cosine over {r['iters']} to {r['final_lr']:g} lr",
         "sampled RoIs per image": r["rois_per_image"],
         "time in the training loop": f"{record['seconds_in_loop'] / 3600:.2f} h, 2 cores "
                                      f"({m.get('uarch') or m.get('vendor', 'CPU')})",

@@ -330,10 +330,12 @@ def export(work_dir: str | os.PathLike | None = None, out: str | os.PathLike | N
     t = time.perf_counter()
     n = reestimate_bn(model, recipe, synth.generate("train"), images=bn_images or Recipe().bn_images)
     bn_s = time.perf_counter() - t
+    done = int(torch.load(last_checkpoint(work), map_location="cpu", weights_only=False)["meta"]["iter"])
     curve = learning_curve(work)
+    curve = curve[curve["iter"] <= done]  # a run stopped after its last save logged iterations it lost
     path = Path(out) if out else weights.default_path()
     rec = weights.save(model, path, dict(
-        config=CONFIG, classes=list(synth.CLASSES), recipe=asdict(recipe), iterations=int(curve["iter"].max()),
+        config=CONFIG, classes=list(synth.CLASSES), recipe=asdict(recipe), iterations=done,
         seconds_in_loop=round(float(curve["time"].sum() * (curve["iter"].diff().fillna(curve["iter"].iloc[0]).mean())), 1),
         bn_reestimated_on=n, bn_seconds=round(bn_s, 1), data=f"synth v{synth.VERSION}, seed 0, train split",
         machine=cpu_identity()))
