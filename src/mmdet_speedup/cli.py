@@ -62,13 +62,14 @@ def _flag(name: str) -> Callable:
 
 def parser() -> argparse.ArgumentParser:
     from .choices import AUTO, FLAGS, STOCK, VARIANTS
+    from .models import WEIGHTS
 
     p = _Parser(prog="python -m mmdet_speedup", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     q = sub.add_parser("profile", help="time every stage of a two-stage detector, per variant")
     q.add_argument("config", help="config path or mmdet packaged config name, e.g. mask-rcnn_r50_fpn_1x_coco")
     q.add_argument("--checkpoint", help="an mmdet checkpoint (default: --weights)")
-    q.add_argument("--weights", default="auto", choices=["auto", "trained", "conditioned"],
+    q.add_argument("--weights", default="auto", choices=WEIGHTS,
                    help="without a checkpoint: the repository's trained weights, conditioned random ones, or auto "
                         "(trained where they fit the config)")
     q.add_argument("--image", nargs="+", default=None,
@@ -153,14 +154,12 @@ def check(args) -> list[str]:
     load_config(args.config)  # an unknown config or a detector the pipeline cannot split: one line
     if args.checkpoint is not None:
         checks.checkpoint_file(args.checkpoint)
-    elif args.weights != "conditioned":
+    else:
         from . import weights
-        from .models import config_path, trained_serves
+        from .models import check_weights, config_path
 
-        if trained_serves(args.config):
+        if check_weights(args.config, args.weights):
             weights.load_state(config=config_path(args.config).stem)  # missing or corrupt: one line, before work
-        elif args.weights == "trained":
-            raise checks.InputError(f"the trained weights serve {', '.join(weights.SERVES)}, not {args.config}")
     try:
         dev = resolve_device(args.device)
     except ValueError as e:

@@ -277,6 +277,18 @@ def trained_serves(config: str | os.PathLike) -> bool:
     return config_path(config).stem in W.SERVES
 
 
+def check_weights(config: str | os.PathLike, weights: str) -> bool:
+    """Whether a build without a checkpoint gets the trained weights; refuses ``"trained"`` for a config they
+    do not fit, and an unknown choice, in one line."""
+    from . import weights as W
+    from .checks import choice
+
+    choice(weights, WEIGHTS, "weights")
+    if weights == "trained" and not trained_serves(config):
+        raise InputError(f"the trained weights serve {', '.join(W.SERVES)}, not {config_path(config).stem}")
+    return weights != "conditioned" and trained_serves(config)
+
+
 def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, weights: str = "auto",
                    device: str = "auto", workload: Workload | None = Workload(),
                    conditioning: Conditioning | None = Conditioning()):
@@ -290,17 +302,11 @@ def build_detector(config: str | os.PathLike, *, checkpoint: str | None = None, 
     from mmdet.apis import init_detector
     from mmdet.utils import register_all_modules
 
-    from .checks import choice
-
     register_all_modules()
-    choice(weights, WEIGHTS, "weights")
     dev = resolve_device(device)
     if checkpoint is not None:
         checkpoint_file(checkpoint)
-    if checkpoint is None and weights == "trained" and not trained_serves(config):
-        from . import weights as W
-        raise InputError(f"the trained weights serve {', '.join(W.SERVES)}, not {config_path(config).stem}")
-    trained = checkpoint is None and weights != "conditioned" and trained_serves(config)
+    trained = checkpoint is None and check_weights(config, weights)
     cfg = load_config(config, workload)
     if trained:
         return _build_trained(cfg, config, dev, workload)
