@@ -20,6 +20,7 @@ from .conftest import REPO
 
 RUNNER = REPO / "scripts" / "run_study.py"
 CHAPTER = "01_preprocess"  # the quickest chapter at CI size
+MODEL_PAGE = "00_model"
 
 
 def _default_sigint():  # a background shell ignores SIGINT and children inherit that; a terminal would not
@@ -83,8 +84,10 @@ def _mini_book(root: Path, out: Path) -> Path:
     shutil.copy(REPO / "book" / "method.md", root / "book")
     shutil.copy(REPO / "scripts" / "chapter_status.py", root / "scripts")
     (root / "vendor").symlink_to(REPO / "vendor")  # MathJax, vendored by `make html`
+    shutil.copy(REPO / "tests" / "nbval" / f"{MODEL_PAGE}.ipynb", out)  # intro and method link to it
+    rel = out.relative_to(root).as_posix()
     (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/method\n"
-                                   f"  - file: {out.relative_to(root).as_posix()}/{CHAPTER}\n")
+                                   f"  - file: {rel}/{MODEL_PAGE}\n  - file: {rel}/{CHAPTER}\n")
     return root
 
 
