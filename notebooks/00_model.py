@@ -42,7 +42,8 @@ coco = None
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mmdet_speedup import book, model_page, synth, weights
+from mmdet_speedup import book, synth, weights
+from mmdet_speedup.study import model as model_page
 
 ch = book.Chapter("00_model", globals())
 record = weights.read_record(weights.default_path())

@@ -46,7 +46,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, findings
+from mmdet_speedup import book
+from mmdet_speedup.study import preprocess, words
 from mmdet_speedup.stats import aa_of
 from mmdet_speedup.preprocess import compare_inputs
 
@@ -67,7 +68,7 @@ for size, model_scale in cases:
 # process spent on it, and the bytes each path copies to the device.
 
 # %% tags=["nbval-ignore-output", "hide-input"]
-summary = ms.profiler.preprocess_summary(ch.rows())
+summary = preprocess.preprocess_summary(ch.rows())
 book.show_table(summary.drop(columns=["megapixels", "scale"]), 2)
 
 # %% tags=["hide-input"]
@@ -89,7 +90,7 @@ ch.record("01_preprocess_inputs", diffs.reset_index())
 book.show_table(diffs, 3)
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-findings.glue_all(findings.preprocess(ch.rows(), summary, diffs, f"{input_sizes[-1]} > {scale}"))
+words.glue_all(preprocess.findings(ch.rows(), summary, diffs, f"{input_sizes[-1]} > {scale}"))
 seed = ch.seed_table("pre-processing", "inference_fp16", "inference_fp16_preprocess")
 ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 

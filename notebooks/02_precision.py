@@ -47,7 +47,8 @@ threads = 2
 from functools import partial
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, findings, roofline, stages as S, stats
+from mmdet_speedup import book, roofline, stages as S, stats
+from mmdet_speedup.study import precision, words
 
 ch = book.Chapter("02_precision", globals())
 low = ms.precision.studied(ch.device)  # named, not "auto": studied even where the hardware lacks it
@@ -60,7 +61,7 @@ VARIANTS = {"fp32": C(), "fp32 (A/A)": C(), "fp32 +cl": cl(), low: C(precision=l
 model, samples = ch.model(), ch.samples(input_size)
 prof = ch.profiler(model)
 _ = prof.run(VARIANTS, samples)
-ch.glue(prec_repeats=ms.profiler.repeats_sentence(prof.last_repeats))
+ch.glue(prec_repeats=words.repeats_sentence(prof.last_repeats))
 
 # %% [markdown]
 # ## Per stage
@@ -107,7 +108,7 @@ book.show_table(eq[["matched_ref", "matched_test", "box_iou_mean", "score_diff_m
                     "mask_prob_diff_max"]], 3, columns=["matched_ref", "box_iou_mean", "mask_iou_mean", "feature_rel_err"])
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-findings.glue_all(findings.precision(ch.rows(), ratios, eq, low))
+words.glue_all(precision.findings(ch.rows(), ratios, eq, low))
 ch.glue(prec_low=low, prec_engine=ms.environment.matrix_engine(str(ch.device)))
 
 # %% tags=["remove-cell"]

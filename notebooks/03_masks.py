@@ -47,7 +47,8 @@ threads = 2
 # %matplotlib inline
 import matplotlib.pyplot as plt
 
-from mmdet_speedup import book, findings, masks, models
+from mmdet_speedup import book, masks, models
+from mmdet_speedup.study import masks as chapter, words
 from mmdet_speedup.stats import aa_of
 
 ch = book.Chapter("03_masks", globals())
@@ -69,14 +70,14 @@ for n in dets_list:
 # (`full` and `legacy` both hold N x H x W booleans: their memory lines coincide).
 
 # %% tags=["hide-input"]
-summary = masks.sweep_summary(ch.rows().query("variant != @AA"))
+summary = chapter.sweep_summary(ch.rows().query("variant != @AA"))
 by_size = summary[summary["dets_per_image"] == dets_for_sizes]
 _, axes = plt.subplots(1, 3, figsize=(14, 4), layout="tight")
 book.scaling_chart(by_size, "megapixels", "mask_postprocess", "variant", axes[0], ylabel="ms (median)",
                    title=f"mask_postprocess vs image size ({dets_for_sizes} dets)")
 book.scaling_chart(summary[summary["input_size"] == input_for_dets], "dets", "mask_postprocess", "variant", axes[1],
                    title=f"mask_postprocess vs detections ({input_for_dets})", ylabel="ms (median)")
-_ = book.scaling_chart(by_size, "megapixels", "MB held", "variant", axes[2], title="memory held by the results")
+_ = book.scaling_chart(by_size, "megapixels", "MiB held", "variant", axes[2], title="memory held by the results")
 
 # %% [markdown]
 # ## The consumer's bill
@@ -85,13 +86,13 @@ _ = book.scaling_chart(by_size, "megapixels", "MB held", "variant", axes[2], tit
 
 # %% tags=["hide-input"]
 big = input_sizes[-1]
-book.show_table(masks.consumer_bill(summary, big, dets_for_sizes), 2)
+book.show_table(chapter.consumer_bill(summary, big, dets_for_sizes), 2)
 
 # %% tags=["remove-cell"]
 seed = ch.seed_table("mask post-processing", "inference_fp16_preprocess", "inference_raw_mask")
-findings.glue_all(findings.masks(ch.rows(), big))
+words.glue_all(chapter.sentences(ch.rows(), big))
 ch.glue(mask_big=big, mask_dets=dets_for_sizes, mask_seed_4k=seed.loc["3840x2304", "seed speed-up (published)"],
-        **{f"mask_{k}": v for k, v in masks.findings(summary, big, dets_for_sizes).items() if k.startswith("mem")})
+        **{f"mask_{k}": v for k, v in chapter.findings(summary, big, dets_for_sizes).items() if k.startswith("mem")})
 
 # %% [markdown]
 # ## What to take away

@@ -46,7 +46,8 @@ threads = 2
 import matplotlib.pyplot as plt
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, findings, nms, stages as S
+from mmdet_speedup import book, nms, stages as S
+from mmdet_speedup.study import nms as chapter, words
 
 ch = book.Chapter("04_nms", globals())
 
@@ -68,9 +69,9 @@ _ = nms.sweep(ns, nms.IMPLEMENTATIONS, iou_thresholds, repeats=nms_repeats, warm
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 bench, thr = ch.rows("04_nms_workbench"), iou_thresholds[0]
-nms.plot_sweep(bench, thr)
+chapter.plot_sweep(bench, thr)
 plt.show()
-slopes, cross = nms.slope_table(bench, thr), nms.crossovers(bench, thr)
+slopes, cross = chapter.slope_table(bench, thr), chapter.crossovers(bench, thr)
 book.show_table(slopes, 2)
 cross
 
@@ -96,15 +97,15 @@ ch.profiler(models["Faster FPN"]).run({"Faster FPN (A/A)": ms.STOCK}, samples, {
 # and the last columns are the work each did: the RPN's pre-NMS N, the boxes each NMS took in, detections.
 
 # %% tags=["hide-input"]
-t = nms.stage_comparison(ch.rows().query("sweep == 'arch'"), list(CONFIGS))
-book.show_table(t, 1, columns=[S.RPN, S.RPN_NMS, nms.ROI_HEAD, S.TOTAL, "rpn_nms_in"], full="Every stage")
+t = chapter.stage_comparison(ch.rows().query("sweep == 'arch'"), list(CONFIGS))
+book.show_table(t, 1, columns=[S.RPN, S.RPN_NMS, chapter.ROI_HEAD, S.TOTAL, "rpn_nms_in"], full="Every stage")
 _ = book.stacked_stages(t, title=f"C4 versus FPN at {scale} ({ch.device.type}, fp32)")
 
 # %% [markdown]
 # C4's time over FPN's, per part of the pipeline:
 
 # %% tags=["hide-input"]
-ratio = nms.c4_fpn_ratio(t)
+ratio = chapter.c4_fpn_ratio(t)
 book.show_table(ratio, 2)
 
 # %% [markdown] tags=["method"]
@@ -125,22 +126,22 @@ ch.record("04_nms_recall", nms.recall_table([*c4_pre_nms, 100, 300, 1000, 2000, 
 # the 60 known objects still found when the top k of 12000 clustered boxes go through NMS.
 
 # %% tags=["hide-input"]
-pm, rc = nms.pre_nms_medians(ch.rows().query("sweep == 'pre_nms'")), ch.rows("04_nms_recall")
-book.show_table(nms.pre_nms_table(pm), 1)
+pm, rc = chapter.pre_nms_medians(ch.rows().query("sweep == 'pre_nms'")), ch.rows("04_nms_recall")
+book.show_table(chapter.pre_nms_table(pm), 1)
 book.scaling_chart(pm, "rpn_pre_nms", "ms", "series", title="RPN time against pre-NMS N",
                    xlabel="pre-NMS top-N (C4: one level; FPN: per level)", ylabel="ms (median)")
-_ = nms.plot_recall(rc)
+_ = chapter.plot_recall(rc)
 
 # %% [markdown]
 # Detectron's published model zoo (1x schedule, seconds per image on P100 GPUs: `inference_s_per_im` in its
 # GPU code, `inference_extra_s` in its unoptimized CPU code):
 
 # %% tags=["hide-input"]
-dz = nms.detectron_zoo()
+dz = chapter.detectron_zoo()
 book.show_table(dz, 3)
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-findings.glue_all(findings.nms(ch.rows(), slopes, cross, t, nms.pre_nms_growth(pm, "Faster C4"), rc, nms.zoo_c4_over_fpn(dz)))
+words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_growth(pm, "Faster C4"), rc, chapter.zoo_c4_over_fpn(dz)))
 
 # %% [markdown]
 # ## What to take away

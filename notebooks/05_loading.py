@@ -38,7 +38,8 @@ threads = 2
 # %% tags=["hide-cell"]
 # %matplotlib inline
 import mmdet_speedup as ms
-from mmdet_speedup import book, findings, loader
+from mmdet_speedup import book, loader
+from mmdet_speedup.study import loading, words
 
 ch = book.Chapter("05_loading", globals())
 photos = ch.samples(input_size)
@@ -61,14 +62,14 @@ for case in cases:
 # reached; the chart sets the two speed-ups beside the bound.
 
 # %% tags=["hide-input"]
-summary = loader.loading_summary(ch.rows())
-book.show_table(summary, 3, columns=["loading share", loader.BOUND, loader.SPEEDUP, loader.SPEEDUP_EQUAL])
-ax = summary[[loader.SPEEDUP, loader.SPEEDUP_EQUAL, loader.BOUND]].plot.bar(
+summary = loading.loading_summary(ch.rows())
+book.show_table(summary, 3, columns=["loading share", loading.BOUND, loading.SPEEDUP, loading.SPEEDUP_EQUAL])
+ax = summary[[loading.SPEEDUP, loading.SPEEDUP_EQUAL, loading.BOUND]].plot.bar(
     figsize=(7, 3.5), rot=0, grid=True, xlabel="model scale", ylabel="throughput ratio")
 _ = ax.axhline(1, color="k", lw=0.8)
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-findings.glue_all(findings.loading(ch.rows(), summary))
+words.glue_all(loading.findings(ch.rows(), summary))
 
 # %% [markdown]
 # ## What to take away

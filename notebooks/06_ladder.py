@@ -15,11 +15,11 @@
 #
 # The seed's table, rebuilt: each rung adds one optimization to the best path below it, per stage, with the
 # speed-up against `stock` (mmdet 3.3's `test_step`, the baseline for every ratio) and its 95% interval, the
-# workload each row ran, and its agreement with `stock`. A rung is kept only if a pilot pass finds it faster
-# than the rung it was built on, held to the pilot's own A/A floor; a rung that is slower or shows no measurable
-# difference stays in the table, marked, and the rungs above build on the better of the two. The pilot measures
-# between `pilot_repeats` and `pilot_max_repeats` passes, stopping once its intervals are narrow. Row names are
-# fixed:
+# workload each row ran, and its agreement with `stock`. A rung is kept only if a pilot finds it faster than
+# the rung it was built on by the verdict rule of the method page, held to the pilot's own A/A floor; a rung that
+# is not stays in the table, marked, and the rungs above build on the rung below it. Each pilot is a short
+# interleaved sweep of its own (between `pilot_repeats` and `pilot_max_repeats` passes), recorded in the rows
+# (`sweep` = `pilot <rung>`) and shown below; the path is read from those rows. Row names are fixed:
 #
 # | row | what changes |
 # |---|---|
@@ -35,7 +35,7 @@
 # | `+bf16 weights` / `+fp16 weights` | backbone and neck kept entirely in the reduced dtype |
 # | `+compile` | backbone and neck through TorchInductor (fused convolution, add and ReLU; compiled on warm-up) |
 # | `+OpenVINO` | CPU: backbone, neck, RPN head and the RoI heads' convolutions and linears in OpenVINO at the study's precision (chapter 07); the torch-only levers (channels_last, compile, bf16 weights) go; the `runtime` column says where each row ran |
-# | `+300 proposals` | **changes results**: the RPN keeps 300 proposals instead of 1000 |
+# | `+300 proposals` | **changes results**: the path's choices on a model whose RPN keeps fewer proposals, in a sweep of its own (compared unpaired) |
 #
 # The cases are the `cases` parameter (input size > model scale); the study runs a 1333x800 input at 1333x800 and
 # the seed's case of running the model at 3840x2304. Up to 1333x800 every row gets exactly `repeats` interleaved
@@ -67,7 +67,8 @@ threads = 2
 import pandas as pd
 
 import mmdet_speedup as ms
-from mmdet_speedup import book, findings, ladder, roofline, stages as S, stats
+from mmdet_speedup import book, roofline, stages as S, stats
+from mmdet_speedup.study import cases as case_tables, ladder, words
 
 ch = book.Chapter("06_ladder", globals())
 lad = ladder.Ladder(ch.device, fewer_proposals)  # the rows above, for this device
@@ -77,13 +78,13 @@ traded, built = {}, {}
 for case in cases:
     size, scale = ladder.split_case(case)
     samples, model = ch.samples(size), ch.model(scale=scale)
-    if lad.climbed is None:  # the path is decided once, on the first case, by a pilot that records nothing
-        pilot = ms.Profiler(model, device=ch.device, repeats=ms.Repeats(pilot_repeats, pilot_max_repeats))
-        lad.climb(ladder.pilot_with(pilot, samples))
+    if lad.climbed is None:  # the path is decided once, on the first case, by a pilot whose rows are recorded
+        pilot = ch.profiler(model, repeats=ms.Repeats(pilot_repeats, pilot_max_repeats))
+        lad.climb(ladder.pilot_with(pilot, samples, {"case": case}))
     fewer = lad.fewer_model(model)
     prof = ch.profiler(model, consumer=True)
     prof.run(lad.choices, samples, {"case": case})
-    traded[case], built[case] = ms.profiler.repeats_sentence(prof.last_repeats), (model, samples[0].data)
+    traded[case], built[case] = words.repeats_sentence(prof.last_repeats), (model, samples[0].data)
     ch.profiler(fewer, consumer=True).run({lad.fewer: lad.choices[lad.path]}, samples, {"case": case})
     checked = lad.predictors(model, fewer, every_row=case == cases[0])
     ch.equivalence("06_ladder_equivalence", checked, [s.data for s in samples], case=case)
@@ -91,9 +92,9 @@ for case in cases:
 # %% [markdown] tags=["method"]
 # ## The ladder, per stage
 # Median ms per image. `total` is timed around the whole inference, independently of the stages;
-# `consumer.rle` is a consumer asking for every mask as COCO RLE, outside `total`. `lo` and `hi` bound the
-# speed-up's 95% interval over `n` repeats (bootstrap, paired by repeat); a verdict inside the A/A row's
-# interval is "no measurable difference". A row *preserves results* when at least 99% of detections match
+# `consumer.rle` is a consumer asking for every mask as COCO RLE, outside `total`. `speed-up` is the ratio
+# against `stock` whose interval `lo`-`hi` (over `n` repeats: a 95% bootstrap interval from 5 repeats, the range
+# of the per-repeat ratios below that) the verdict is read from, by the method page's rule. A row *preserves results* when at least 99% of detections match
 # both ways, matched box IoU averages at least 0.99 and mask IoU at least 0.95; *exact* when bit-identical;
 # otherwise it *changes results*. The first case checks every row; the others check the path and the
 # fewer-proposals row (the `results` column is empty where a row was not checked). Under each table, every rung
@@ -101,7 +102,8 @@ for case in cases:
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 rows = ch.rows()
-tables = lad.tables(rows, ch.rows("06_ladder_equivalence"), cases)
+book.show_table(lad.climbed.decisions[["built on", "pilot", "kept"]], full="The pilot's recorded passes")
+tables = lad.tables(ladder.main_rows(rows), ch.rows("06_ladder_equivalence"), cases)
 for case, t in tables.items():
     print(f"case {case} (input > model scale)")
     book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"], full="Per stage, workload, agreement")
@@ -112,32 +114,33 @@ for case, t in tables.items():
 # `total` (the gap is timer overhead and Python glue between stages):
 
 # %% tags=["nbval-ignore-output", "hide-input"]
-book.show_table(lad.per_case(rows, cases, ms.stage_gap), 1)
+book.show_table(lad.per_case(ladder.main_rows(rows), cases, ms.stage_gap), 1)
 print("total per image: median, p10, p90 over repeats, and n")
-book.show_table(lad.per_case(rows, cases, ladder.total_spread), 1)
+book.show_table(lad.per_case(ladder.main_rows(rows), cases, case_tables.total_spread), 1)
 
 # %% tags=["hide-input"]
-vs_stock = {case: stats.ratio_table(rows[rows["case"] == case], "stock", aa=ladder.AA) for case in tables}
+vs_stock = {case: stats.ratio_table(ladder.main_rows(rows[rows["case"] == case]), "stock", aa=ladder.AA)
+            for case in tables}
 _ = book.profile_figure({case: (t, vs_stock[case]) for case, t in tables.items()}, ladder.AA,
                         S.STAGES + (S.CONSUMER_RLE,), "against stock")
 
 # %% [markdown] tags=["method"]
 # ## How far can it go?
-# Two bounds per stage of the path, at each case: (a) the least median cost measured for that stage anywhere
-# in the study's recorded rows at this benchmark version, in any chapter, for the same model, input and
-# workload; (b) the roofline floor, the larger of the stage's counted FLOPs over this machine's matmul peak for
-# the path's dtype and the bytes it must move over the measured copy bandwidth (`roofline.stage_bytes`; FLOPs
-# are counted for backbone, neck, RPN head and the RoI heads). `% of roof` is the floor over the path's time:
-# over 100 means the stage's kernels beat the measured matmul peak, so there the roof bounds nothing and no
-# bound is claimed. The speed-up bounds sum the stages on both sides.
+# Two bounds per stage of the path, at each case, from this run's rows only: (a) the least median cost any row of
+# this case's sweep measured for the stage, among `stock` and the rows whose agreement check found them exact or
+# preserving results at the study's workload (`best row` names it; the two pre-processing halves come from one
+# row); (b) the roofline floor, the larger of the stage's counted FLOPs over this machine's matmul peak for the
+# path's dtype and the bytes it must move over the measured copy bandwidth (`roofline.stage_bytes`; FLOPs are
+# counted for backbone, neck, RPN head and the RoI heads). `% of roof` is the floor over the path's time; where a
+# measured row reaches or beats a floor (`beaten`), the peak is not what those kernels reach, and bound (b) is
+# withheld (NaN). The speed-up bounds sum the stages on both sides.
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 peaks = roofline.measure_peaks(ch.device.type)
 ch.record_environment(roofline_peaks=peaks)
-best = roofline.best_measured(book.study_rows())
 stage_bounds, bound_speedups = {}, {}
 for case, (model, image) in built.items():
-    stage_bounds[case] = lad.stage_bounds(model, image, tables[case], rows[rows["case"] == case], best, peaks)
+    stage_bounds[case] = lad.stage_bounds(model, image, tables[case], peaks)
     bound_speedups[case] = roofline.bound_speedups(stage_bounds[case])
     print(f"case {case}: path {lad.path}")
     book.show_table(stage_bounds[case], 1)
@@ -153,14 +156,14 @@ book.show_table(pd.DataFrame(bound_speedups).T, 2)
 book.show_table(lad.seed_comparison(tables).set_index(["case", "seed stage"]), 2, columns=list(ladder.SEED_COLUMNS))
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-findings.glue_all(findings.ladder(lad, rows, tables, bound_speedups, traded))
+words.glue_all(ladder.findings(lad, rows, tables, stage_bounds, traded))
 book.glue("lad_chart", book.ratio_figure(vs_stock, ladder.AA))
 ch.glue(lad_low=lad.low, lad_engine=ms.environment.matrix_engine(str(ch.device)))
 
 # %% [markdown]
 # ## What to take away
 #
-# The path the climb kept, per case, with 95% bootstrap intervals over repeats held to the A/A floor:
+# The path the climb kept, per case, held to the A/A floor by the verdict rule:
 #
 # {glue:md}`lad_headline`
 #
@@ -168,8 +171,8 @@ ch.glue(lad_low=lad.low, lad_engine=ms.environment.matrix_engine(str(ch.device))
 #
 # {glue:md}`lad_findings`
 #
-# Where the path's time goes, `legacy` against `stock`, and the proposal cut (which changes results: a recall
-# trade-off to measure with a real checkpoint; random weights give agreement, not mAP):
+# Where the path's time goes, `legacy` against `stock`, and the proposal cut (which changes results: agreement
+# here, not AP):
 #
 # {glue:md}`lad_more`
 

@@ -48,7 +48,8 @@ threads = 2
 # %% tags=["hide-cell"]
 # %matplotlib inline
 import mmdet_speedup as ms
-from mmdet_speedup import book, ladder, peers, roofline, stages as S, stats
+from mmdet_speedup import book, roofline, stages as S, stats
+from mmdet_speedup.study import cases as case_tables, runtimes as peers, words
 
 ch = book.Chapter("07_runtimes", globals())
 bf16 = ms.environment.cpu_has_bf16()  # bf16 rows only where the CPU has the instructions
@@ -67,7 +68,7 @@ done = {case: peers.run_case(ch, case, STAGED, bf16) for case in cases}
 # %% tags=["nbval-ignore-output", "hide-input"]
 rows, eq = ch.rows(), ch.rows("07_runtimes_equivalence")
 order = [*STAGED, *[v for v in dict.fromkeys(rows["variant"]) if v not in STAGED]]
-tables = ladder.case_tables(rows, eq, cases, order)
+tables = case_tables.case_tables(rows, eq, cases, order)
 for case, t in tables.items():
     print(f"case {case}: {done[case]['traded']}")
     book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"],
@@ -98,23 +99,15 @@ for case, t in tables.items():
 
 # %% [markdown] tags=["method"]
 # ## The library against the deployed model
-# Per precision, the fastest staged row against the fastest deployed row at the same precision (above 1: the
-# staged pipeline with the study's levers is faster than exporting the whole model).
+# Per precision, the fastest staged row that pastes full-image masks (the deployed graphs' output) against the
+# fastest deployed row at the same precision; the ratio is the deployed row's time over the staged row's.
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 versus = {case: peers.versus_deployed(rows[rows["case"] == case]) for case in cases}
 for case, v in versus.items():
     print(f"case {case}")
     book.show_table(v, 2)
-first = stats.ratio_table(rows[rows["case"] == cases[0]], peers.BASE, aa=peers.AA)
-stats.glue_markdown("rt_findings", stats.table_findings(first, peers.BASE, "end to end"))
-stats.glue_markdown("rt_versus", stats.findings_markdown(
-    f"at {case}, {r['staged fastest']} against {r['deployed fastest']} ({p}): {r['text']}"
-    for case, v in versus.items() for p, r in v.iterrows()))
-int8 = {k: peers.int8_versus(rows[rows["case"] == cases[0]], *a) for k, a in
-        {"rt_int8": ("ov bf16",), "rt_int8_auto": ("ov auto (bf16)", peers.INT8_AUTO)}.items()}
-ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"],
-        **{k: "not measured" if v is None else v["text"] for k, v in int8.items()})
+ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
 
 # %% [markdown] tags=["method"]
 # ## Serving many images: throughput mode
@@ -126,8 +119,7 @@ ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"],
 tp = peers.run_throughput(ch, cases[0], done[cases[0]]["export"], bf16, n_stream)
 print(tp.attrs.get("repeats", ""))
 book.show_table(tp.set_index("row"), 2, columns=["images/s", "requests", "ratio", "lo", "hi"])
-stats.glue_markdown("rt_throughput", stats.findings_markdown(
-    f"{r['row']} ({r['requests']} requests) against {r['against']}: {r['text']}" for _, r in tp.iterrows()))
+words.glue_all(peers.findings(rows, cases, versus, tp))
 
 # %% [markdown]
 # ## What to take away

@@ -32,9 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_html import toc_pages  # noqa: E402  (a sibling script, not a package)
-from results_page import benchmark_version, page_run, run_version  # noqa: E402
+from mmdet_speedup.study.ledger import benchmark_version, page_run, run_version, toc_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")

@@ -29,6 +29,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from mmdet_speedup.study.ledger import toc_pages
+
 LINK_ATTRS = {"src", "href", "srcset", "poster", "data"}
 ALLOWED_SCHEMES = {"data"}  # inline content only; everything else would leave the book
 # A script can load from anywhere it can spell: any absolute URL, or //host in a string literal (a bare //
@@ -80,35 +82,6 @@ def script_urls(text: str) -> list[tuple[int, str]]:
         if not url.lower().startswith(NAMESPACE_URLS):
             found.append((text.count("\n", 0, m.start()), url))
     return found
-
-
-def toc_pages(toc_path: Path) -> list[str]:
-    """All document paths (no suffix) named in a jb-book _toc.yml."""
-    import yaml
-
-    data = yaml.safe_load(toc_path.read_text())
-    pages: list[str] = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if isinstance(node.get(key), str):
-                    pages.append(node[key])
-            for value in node.values():
-                if isinstance(value, (list, dict)):
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
-    out = []
-    for page in pages:
-        for suffix in (".md", ".ipynb", ".rst", ".py"):
-            if page.endswith(suffix):
-                page = page[: -len(suffix)]
-        out.append(page)
-    return out
 
 
 def _pixels(data: bytes):

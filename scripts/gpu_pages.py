@@ -16,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_page import ROOT, chapter_runs, load_env, machine  # noqa: E402
+from mmdet_speedup.study.ledger import CUDA, chapter_runs, load_env, machine
 
-CUDA = "executed-cuda"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def gpu_chapters(root: Path, toc: dict) -> list[str]:

@@ -7,7 +7,7 @@ Usage:
       --out _build/quick/book/index.md               the quick look
 
 The page types no number and no verdict. Each chapter glues a headline (``HEADLINES``: a Markdown finding with its
-interval, made by ``mmdet_speedup.findings`` from the chapter's rows, and glued with an HTML rendering); this page
+interval, made by the chapter's ``mmdet_speedup.study`` module from the chapter's rows, and glued with an HTML rendering); this page
 pastes it with myst-nb's cross-page ``{glue:any}``, and pastes the ladder's chart the same way. A chapter whose
 executed notebook has no such glue (its run predates the headline, or it failed) is named with its run instead,
 so the page builds from whatever the book holds. The chart is the ladder's glued PNG, written to ``_landing/``
@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_pages import CUDA  # noqa: E402
-from results_page import ROOT, benchmark_version, chapter_runs, load_env, machine, run_version  # noqa: E402
+from mmdet_speedup.study.ledger import CUDA, benchmark_version, chapter_runs, load_env, machine, run_version
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: chapter -> (its title on this page, the glue key of its headline)
 HEADLINES = {

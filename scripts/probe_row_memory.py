@@ -1,5 +1,5 @@
 """One row of the runtimes chapter, built and run alone in this process at one size: time and memory after each
-step. Shows which rows a large case can hold (``peers.LARGE_ROWS``, ``peers.TOO_LARGE``); a row the kernel kills
+step. Shows which rows a large case can hold (``study.runtimes.LARGE_ROWS``, ``TOO_LARGE``); a row the kernel kills
 for memory ends this process (exit 137), so run each row in its own process:
 
     .venv/bin/python scripts/probe_row_memory.py int8 --size 3840x2304
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--config", default="mask-rcnn_r50_fpn_1x_coco")
     a = p.parse_args()
 
-    from mmdet_speedup import peers
+    from mmdet_speedup.study import runtimes as peers
     from mmdet_speedup.book import default_images
     from mmdet_speedup.choices import Choices
     from mmdet_speedup.models import Workload, build_detector, parse_size

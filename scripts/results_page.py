@@ -19,123 +19,14 @@ The page is generated at build time (scripts/build_html.sh) and git-ignored, so 
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import importlib.util
-import json
-import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from mmdet_speedup.study.ledger import (SUCCEEDED, ChapterRuns, benchmark_version, chapter_runs, load_env,  # noqa: F401
+                                        load_ledger, load_status, machine, page_run, run_version, toc_chapters)
+
 ROOT = Path(__file__).resolve().parents[1]
-# the package's __init__ loads torch; this page needs only the CPU's label
-_spec = importlib.util.spec_from_file_location("_cpu", ROOT / "src" / "mmdet_speedup" / "cpu.py")
-_cpu = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_cpu)
-cpu_label = _cpu.cpu_label
-RUN_ID = re.compile(r"\b\d{8}T\d{6}-[0-9a-f]{6}\b")
-SUCCEEDED = ("ok", "over budget")
-
-
-# -- reading the records ------------------------------------------------------------------------------------
-def benchmark_version(root: Path = ROOT) -> str:
-    """``mmdet_speedup.records.BENCHMARK_VERSION``, read from the source: importing the package loads torch."""
-    tree = ast.parse((root / "src" / "mmdet_speedup" / "records.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "BENCHMARK_VERSION" for t in node.targets):
-            return str(ast.literal_eval(node.value))
-    raise LookupError("BENCHMARK_VERSION not found in src/mmdet_speedup/records.py")
-
-
-def load_status(executed: Path) -> dict[str, dict]:
-    try:
-        return json.loads((executed / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def load_ledger(results: Path) -> dict[str, dict]:
-    """runs.csv by run id (a run id is written once, when its chapter ends)."""
-    try:
-        with (results / "runs.csv").open(newline="") as f:
-            return {row["run_id"]: row for row in csv.DictReader(f)}
-    except OSError:
-        return {}
-
-
-def load_env(results: Path, run_id: str) -> dict:
-    try:
-        return json.loads((results / "environment" / f"{run_id}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def toc_chapters(toc: Path) -> list[str]:
-    """Executed-notebook pages in the table of contents, by file stem, in book order."""
-    import yaml
-
-    data = yaml.safe_load(toc.read_text()) or {}
-    files = [c["file"] for c in data.get("chapters", []) if isinstance(c, dict) and "file" in c]
-    return [Path(f).name for f in files if Path(f).parent.name == "executed"]
-
-
-def output_run_ids(notebook: Path) -> list[str]:
-    """Run ids printed in the notebook's outputs (not its sources), first appearance first."""
-    try:
-        nb = json.loads(notebook.read_text())
-    except (OSError, ValueError):
-        return []
-    seen: dict[str, None] = {}
-    for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []):
-            for rid in RUN_ID.findall(json.dumps(out)):
-                seen.setdefault(rid, None)
-    return list(seen)
-
-
-# -- which runs a chapter's page refers to ------------------------------------------------------------------
-@dataclass
-class ChapterRuns:
-    chapter: str
-    shown: str | None  # the run whose notebook the page is
-    failed: str | None = None  # the last attempt, when it failed (the page keeps the previous run)
-    reads: list[str] = field(default_factory=list)  # other runs whose rows the page prints
-
-
-def _own_run(ids: list[str], chapter: str, results: Path, ledger: dict[str, dict]) -> str | None:
-    """Of the run ids in a notebook, the one that executed it: its records name this chapter."""
-    for rid in ids:
-        if ledger.get(rid, {}).get("chapter") == chapter or load_env(results, rid).get("notebook") == chapter:
-            return rid
-    return ids[0] if ids else None
-
-
-def chapter_runs(chapter: str, executed: Path, results: Path, status: dict[str, dict] | None = None,
-                 ledger: dict[str, dict] | None = None) -> ChapterRuns:
-    status = load_status(executed) if status is None else status
-    ledger = load_ledger(results) if ledger is None else ledger
-    s = status.get(chapter) or {}
-    ids = output_run_ids(executed / f"{chapter}.ipynb")
-    if s.get("run_id") and s.get("status") in SUCCEEDED:
-        shown, failed = s["run_id"], None
-    else:
-        shown, failed = _own_run(ids, chapter, results, ledger), s.get("run_id")
-    return ChapterRuns(chapter, shown, failed, [r for r in ids if r not in (shown, failed)])
-
-
-def page_run(page: str, executed: Path, results: Path) -> str | None:
-    """The run a page (``book/executed/<chapter>``) was executed by; None for pages that are not notebooks."""
-    chapter = Path(page).name
-    if not (executed / f"{chapter}.ipynb").is_file():
-        return None
-    return chapter_runs(chapter, executed, results).shown
-
-
-def run_version(run_id: str, results: Path) -> str | None:
-    """A run's benchmark version: its environment record, else the ledger."""
-    return load_env(results, run_id).get("benchmark_version") or load_ledger(results).get(run_id, {}).get(
-        "benchmark_version") or None
 
 
 # -- one run's facts ----------------------------------------------------------------------------------------
@@ -155,18 +46,6 @@ class Run:
     size: str = ""
     rerun: str = ""
     rebuild: str = "make html"
-
-
-def machine(env: dict) -> str:
-    """CPU model, cores, matrix ISA and the GPU (or none), from the environment record."""
-    if not env:
-        return "not recorded"
-    flags = " ".join(env.get("cpu_flags") or []) or "no bf16/AMX"
-    cpu = f"{cpu_label(env)}, {env.get('cpu_count', '?')} cores ({flags})"
-    gpu = env.get("gpu")
-    if gpu:
-        return f"{cpu}; GPU {gpu} (CUDA {env.get('cuda') or '?'})"
-    return f"{cpu}; no GPU, device cpu"
 
 
 def _float(value) -> float | None:

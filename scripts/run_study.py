@@ -20,7 +20,6 @@ The exit status is non-zero when any chapter failed, after all chapters ran.
 from __future__ import annotations
 
 import argparse
-import ast
 import atexit
 import datetime as dt
 import functools
@@ -33,85 +32,42 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
+from mmdet_speedup.records import BENCHMARK_VERSION
+from mmdet_speedup.study import ledger
+from mmdet_speedup.study.ledger import Outcome, write_ledger, write_status
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-#: Seconds a chapter is expected to take at study size: about 1.5x what it took on the study's 2-core AMD EPYC
-#: on 2026-11-23 (50, 252, 84, 410, 309 and 1336 s; data/results/runs.csv). 02 and 06 are estimates for benchmark
-#: version 2.0's 7 repeats (06's 1333x800 case took 766 s; its 3840x2304 sweep stops at its 900 s budget). 2.1:
-#: 04 runs 3 repeats (was 1), 05 3 passes (was 2), 07 both sizes (its 1333x800 case took 1178 s); measured at 2.1
-#: on 2026-11-24: 01 232 s (building and conditioning the 3840x2304 model), 02 422 s, 03 94 s, 04 846 s,
-#: 05 647 s, 06 4351 s (half of it the 3840x2304 agreement check), 07 2504 s (both cases); after the agreement
-#: check ran each pipeline once per image and models were cached: 06 2136 s, 07 2221 s.
-#: One `make book` at 91d9034 on an AMD EPYC Zen 5 (family 26, twice Zen 4's bf16 matmul peak), model cache cold:
-#: 01 150 s, 02 169 s, 03 50 s, 04 519 s, 05 314 s, 07 1510 s, 06 1798 s (75 min with the HTML). At 65f60c3 (3 passes
-#: at 3840x2304 in 06 and 07, A/A rows everywhere), same machine, cache cold: 01 151, 02 181, 03 59, 04 539,
-#: 05 391, 07 1190, 06 1329 s (64 min). At 49f4eb7 (OpenVINO traces on a crop; 06 checks the path's agreement
-#: at 3840x2304), same machine, cache cold: 01 135, 02 177, 03 59, 04 552, 05 380, 07 1036, 06 1034 s (56 min).
-#: A guide, not a limit.
+#: Seconds a chapter is expected to take at study size, about 1.5x its last measured time (runs.csv holds them):
+#: a guide, not a limit.
 BUDGETS = {"00_model": 900, "01_preprocess": 350, "02_precision": 650, "03_masks": 150, "04_nms": 1300, "05_loading": 600,
            "06_ladder": 2400, "07_runtimes": 3000}
 CI_BUDGET = 180
 CEILING_FACTOR = float(os.environ.get("CEILING_FACTOR", 4))
+
+
+def defaults(chapter: str) -> dict:
+    return ledger.defaults(NOTEBOOKS, chapter)
+
+
 OUT = {"study": ROOT / "book" / "executed", "quick": ROOT / "_build" / "quick" / "book" / "executed",
        "ci": ROOT / "tests" / "nbval"}
 DEVICES = ("cpu", "cuda", "auto")
-LEDGER_COLUMNS = ("run_id", "chapter", "size", "status", "seconds", "budget_s", "started", "git_sha",
-                  "benchmark_version", "message", "device")
 
 
 class ParameterError(ValueError):
     pass
 
 
-@dataclass
-class Outcome:
-    chapter: str
-    status: str  # ok | over budget | failed | interrupted
-    seconds: float
-    budget_s: float
-    run_id: str
-    started: str
-    size: str
-    message: str = ""
-    rerun: str = ""
-    rebuild: str = ""
-    failed_copy: str = ""
-    device: str = ""  # the injected device parameter ("" where the chapter kept its own default)
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status in ("ok", "over budget")
-
-
 # -- parameters ---------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def defaults(chapter: str) -> dict:
-    """The chapter's parameters cell, as literal values (the types a parameter must keep)."""
-    src = (NOTEBOOKS / f"{chapter}.py").read_text()
-    lines, inside = [], False
-    for line in src.splitlines():
-        if line.startswith("# %%"):
-            if inside:
-                break
-            inside = '"parameters"' in line.partition("tags=")[2]  # papermill's tag, among others ("hide-cell")
-            continue
-        if inside:
-            lines.append(line)
-    out = {}
-    for node in ast.parse("\n".join(lines)).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-    return out
-
-
 def book_order() -> list[str]:
     """Every chapter (notebooks/0*.py) in the book's order (_toc.yml), so a later chapter can read an earlier one's
-    rows (the ladder's "best measured anywhere"); a chapter missing from the table of contents runs last."""
+    rows; a chapter missing from the table of contents runs last."""
     names = sorted(f.stem for f in NOTEBOOKS.glob("0*.py"))
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     listed = [Path(c["file"]).name for c in toc.get("chapters", []) if "file" in c]
@@ -191,22 +147,6 @@ def out_dir_for(size: str, device: str | None) -> Path:
 
 
 # -- records ------------------------------------------------------------------------------------------------
-def write_status(out_dir: Path, outcome: Outcome) -> None:
-    """``status.json`` beside the executed notebooks: the book's build reads it to flag a failed chapter."""
-    path = out_dir / "status.json"
-    status = json.loads(path.read_text()) if path.is_file() else {}
-    status[outcome.chapter] = asdict(outcome)
-    path.write_text(json.dumps(dict(sorted(status.items())), indent=1) + "\n")
-
-
-def write_ledger(results: Path, outcome: Outcome, git_sha: str, version: str) -> None:
-    from mmdet_speedup.records import append_rows
-
-    row = {**asdict(outcome), "seconds": round(outcome.seconds, 1), "git_sha": git_sha,
-           "benchmark_version": version}
-    append_rows(results / "runs.csv", [row], LEDGER_COLUMNS)
-
-
 def error_line(notebook: Path, stderr: str) -> str:
     """The error's last line: the failing cell's ``ename: evalue``, else papermill's last stderr line."""
     try:
@@ -377,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
 
     from mmdet_speedup.environment import git_sha
-    from mmdet_speedup.records import BENCHMARK_VERSION
 
     sha = git_sha(ROOT)
     on = f" on {device}" if device else ""

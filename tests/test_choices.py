@@ -90,7 +90,7 @@ def test_runtime_resolves_with_the_torch_levers(monkeypatch):
 
 
 def test_preprocess_summary_medians_per_case_and_variant():
-    from mmdet_speedup.profiler import preprocess_summary
+    from mmdet_speedup.study.preprocess import preprocess_summary
 
     rows = []
     for variant, pre, chosen in (("stock", 4.0, "stock"), ("auto", 2.0, "legacy")):
@@ -104,5 +104,5 @@ def test_preprocess_summary_medians_per_case_and_variant():
     assert list(s.index) == [("640x480 > 480x320", "stock"), ("640x480 > 480x320", "auto")]  # errors left out
     stock = s.loc[("640x480 > 480x320", "stock")]
     assert stock["pre_ms"] == 4.0 * 2 + 1 and stock["pre_cpu_ms"] == 2 * (4.0 * 2 + 1) and stock["load_ms"] == 10
-    assert stock["MB copied"] == 1 and stock["megapixels"] == pytest.approx(0.3072)
+    assert stock["MiB copied"] == 1 and stock["megapixels"] == pytest.approx(0.3072)
     assert s.loc[("640x480 > 480x320", "auto"), "chosen"] == "legacy"

@@ -8,19 +8,27 @@ import pandas as pd
 import pytest
 import torch
 
-from mmdet_speedup import STOCK, ladder
+from mmdet_speedup import STOCK
 from mmdet_speedup import stages as S
+from mmdet_speedup.study import cases, ladder
 
 
-def _pilot(faster: set[str]):
-    """A pilot that calls a candidate faster when it differs from its base in one of ``faster``'s fields."""
-    from mmdet_speedup.stats import Interval, verdict
+NOISE = [1.0, 1.02, 0.99, 1.01, 0.98, 1.0, 1.01]
+FIELDS = ("precision", "channels_last", "preprocess", "masks", "roi_align", "fold_bn", "compile", "runtime")
 
-    def pilot(base, candidate):
-        changed = {f for f in ("precision", "channels_last", "preprocess", "masks", "roi_align", "fold_bn", "compile")
-                   if getattr(base, f) != getattr(candidate, f)}
-        win = bool(changed & faster)
-        return verdict(Interval(2.0, 1.8, 2.2, 7) if win else Interval(1.0, 0.95, 1.05, 7))
+
+def _pilot(faster: set[str], calls: list | None = None):
+    """A pilot whose recorded rows make a candidate 2x its base when it changes one of ``faster``'s fields, else
+    the same time (within noise)."""
+    def pilot(variants, sweep):
+        base, cand = list(variants)[:2]
+        win = any(getattr(variants[base], f) != getattr(variants[cand], f) for f in faster & set(FIELDS))
+        totals = {base: [100 * k for k in NOISE], cand: [(50 if win else 100) * k for k in NOISE[::-1]]}
+        if ladder.AA in variants:
+            totals[ladder.AA] = [100 * k for k in NOISE[::-1]]
+        if calls is not None:
+            calls.append((sweep, list(variants)))
+        return _rows("c", totals).assign(sweep=sweep, sweep_id=sweep)
     return pilot
 
 
@@ -44,7 +52,7 @@ def test_climb_keeps_only_what_helps_and_builds_on_the_better():
     assert c.choices["+raw masks"] == STOCK.replace(precision="bf16", channels_last=True, masks="raw")
     assert c.parent["+threaded RoIAlign"] == "+raw masks" and c.choices["+threaded RoIAlign"].roi_align == "threaded"
     assert c.choices["+compile"] == STOCK.replace(precision="bf16-weights", channels_last=True, masks="raw", compile=True)
-    assert c.pilot["+fold BN"].word == "no measurable difference"
+    assert c.decisions.loc["+fold BN", "word"] == "no measurable difference"
     # OpenVINO on the path: the study's plain precision, without the torch-only levers below it
     assert c.path == "+OpenVINO" and c.choices["+OpenVINO"] == STOCK.replace(
         precision="bf16", masks="raw", runtime="openvino")
@@ -56,7 +64,7 @@ def test_climb_with_nothing_helping_stays_on_stock():
     assert lad.path == "stock" and not any(lad.climbed.kept.values())
     assert lad.fewer == "+300 proposals (changes results)" == lad.rows[-1]
     assert lad.rows[:4] == ["legacy", "stock", ladder.AA, "+precision"] and lad.choices[ladder.AA] == STOCK
-    assert ladder.split_case("3840x2304>1333x800") == ("3840x2304", "1333x800")
+    assert cases.split_case("3840x2304>1333x800") == ("3840x2304", "1333x800")
 
 
 def test_ladder_verdicts_against_the_rung_below_and_stock():
@@ -89,7 +97,7 @@ def test_case_table_speedups_workload_and_agreement():
     rows = _rows("c", {"stock": [100.0, 100.0], "+compile": [40.0, 60.0]}, {S.CONSUMER_RLE: 10.0})
     eq = pd.DataFrame({"row": ["+compile", "+compile"], "case": ["c", "c"], "matched_ref": [0.9, 1.0],
                        "box_iou_mean": [0.99, 0.97], "mask_iou_mean": [0.8, 0.9]})
-    t = ladder.case_table(rows, eq, ["legacy", "stock", "+compile"])
+    t = cases.case_table(rows, eq, ["legacy", "stock", "+compile"])
     assert list(t.index) == ["legacy", "stock", "+compile"] and t.loc["legacy"].drop("results").isna().all()
     assert t.loc["+compile", S.TOTAL] == 50.0
     assert t.loc["+compile", "total + rle"] == 60.0
@@ -114,49 +122,32 @@ def test_tables_split_cases_and_tolerate_cases_without_agreement():
     assert tables["a"].loc["+compile", "speed-up"] == 2.0 and tables["b"].loc["+compile", "speed-up"] == 3.0
     assert tables["a"].loc["+compile", "matched_ref"] == 1.0 and tables["b"]["matched_ref"].isna().all()
     assert list(tables["a"].index) == lad.rows
-    assert ladder.case_table(rows[rows["case"] == "a"], None, lad.rows)["box_iou_mean"].isna().all()
-    spread = lad.per_case(rows, ["a", "b"], ladder.total_spread)
+    assert cases.case_table(rows[rows["case"] == "a"], None, lad.rows)["box_iou_mean"].isna().all()
+    spread = lad.per_case(rows, ["a", "b"], cases.total_spread)
     assert spread.index.names == ["case", "row"] and list(spread.columns) == ["median", "p10", "p90", "n"]
     assert spread.loc[("b", "stock"), "median"] == 300.0 and spread.loc[("b", "stock"), "n"] == 1
     assert math.isnan(spread.loc[("a", "legacy"), "median"])
 
 
 def test_stage_bounds_of_the_path_on_the_small_model(mask_rcnn, image):
-    """Bound (a) comes from the best rows anywhere; bound (b) from FLOPs and bytes over peaks; neither is
-    claimed where the path is already below it, and neither ever exceeds the path's own ms."""
-    from mmdet_speedup.roofline import best_measured
-
+    """Bound (a) comes from this run's rows that keep results; bound (b) from FLOPs and bytes over peaks."""
     lad = ladder.Ladder("cpu", 100)
     lad.climb(_pilot({"masks"}))
     assert lad.path == "+raw masks"
     stages = {S.LOAD: 2.0, S.PREPROCESS: 3.0, S.DATA_PREPROCESSOR: 1.0, S.BACKBONE: 400.0, S.NECK: 100.0,
               S.RPN: 80.0, S.ROI_BBOX: 40.0, S.ROI_MASK: 20.0, S.MASK_POSTPROCESS: 10.0}
-    key = dict(config="m", device="cpu", input_size="480x320", scale="480x320", rpn_pre_nms=1000, dets_per_image=60)
-    rows = pd.concat([_rows("c", {v: [800.0] * 3}, {s: ms * f for s, ms in stages.items()}).assign(**key)
-                      for v, f in (("stock", 2.0), ("+raw masks", 1.0))])
-    other = _rows("c", {"+compile": [500.0] * 3}, {S.BACKBONE: 150.0}).assign(**key, run_id="r0", notebook="02")
-    best = best_measured(pd.concat([rows.assign(run_id="r1", notebook="06"), other]))
-    table = ladder.case_table(rows, None, lad.rows)
+    rows = pd.concat([_rows("c", {v: [800.0] * 3}, {s: ms * f for s, ms in stages.items()})
+                      for v, f in (("stock", 2.0), ("+raw masks", 1.0), ("+compile", 0.5))])
+    eq = pd.DataFrame({"row": ["+raw masks", "+compile"], "case": ["c", "c"], "matched_ref": [1.0, 0.5],
+                       "matched_test": [1.0, 0.5], "box_iou_mean": [1.0, 0.5], "mask_iou_mean": [1.0, 0.5]})
+    table = cases.case_table(rows, eq, lad.rows)
     peaks = {"matmul_gflops": {"float32": 100.0, "bfloat16": 200.0}, "copy_gbps": 10.0}
-    b = lad.stage_bounds(mask_rcnn, str(image), table, rows, best, peaks)
+    b = lad.stage_bounds(mask_rcnn, str(image), table, peaks)
     assert list(b.index) == list(stages)
-    assert b.loc[S.BACKBONE, "best measured ms"] == 150.0  # chapter 02's compiled row
-    assert b.loc[S.NECK, "best measured ms"] == 100.0  # the path is the best measured
-    assert (b["best measured ms"] <= b["path ms"]).all()
+    assert b.loc[S.BACKBONE, "best measured ms"] == 400.0  # never +compile's 200: it changes results
+    assert (b["best row"] == "+raw masks").all() and (b["best measured ms"] <= b["path ms"]).all()
     assert 0 < b.loc[S.BACKBONE, "roofline floor ms"]  # GFLOP over 200 GFLOP/s
     assert b.loc[S.LOAD, "roofline floor ms"] < 2.0  # a decoded image over 10 GB/s
-
-
-def test_findings_in_words():
-    row = pd.Series({S.LOAD: 1.0, S.BACKBONE: 30.0, S.ROI_MASK: 40.0, S.TOTAL: 100.0, "consumer.rle": 500.0})
-    assert ladder.biggest_stage(row) == S.ROI_MASK  # total and consumer stages are not stages of the model
-    tables = {"a": pd.DataFrame({S.TOTAL: [130.0, 100.0]}, index=["legacy", "stock"]),
-              "b": pd.DataFrame({S.TOTAL: [100.0, 100.0]}, index=["legacy", "stock"])}
-    ratios = ladder.legacy_vs_stock(tables)
-    assert ratios.to_dict() == {"a": pytest.approx(1.3), "b": 1.0}
-    assert ladder.ratios_in_words(ratios) == "1.30x at a, 1.00x at b"
-    assert ladder.legacy_verdict(1.3).startswith("mmdet 3.3 already fixed")
-    assert "larger inputs" in ladder.legacy_verdict(1.02)
 
 
 SEED = pd.DataFrame([("mmdet 2.19 (seed)", "1333x800", v, st, ms) for st, (a, b) in
@@ -209,38 +200,26 @@ def test_fewer_proposals_row_runs_a_copy_and_is_checked_against_the_stock_worklo
     assert list(later) == [lad.path, lad.fewer] and later[lad.path]().choices == lad.choices[lad.path]
 
 
-class _FakeProfiler:
-    """Returns hand-made rows: ``candidate`` at ``speed`` times the base's speed, the A/A copy at ``aa``."""
+def test_pilot_with_records_each_pilot_as_a_sweep_of_its_own():
+    class Prof:
+        calls = []
 
-    def __init__(self, speeds: list[float], aa: float = 1.0) -> None:
-        self.speeds, self.aa, self.calls = list(speeds), aa, []
-
-    def run(self, variants, samples):
-        self.calls.append(list(variants))
-        noise = [1.0, 1.03, 0.97, 1.01, 0.99]
-        speed = self.speeds.pop(0)
-        totals = {"base": [100 * k for k in noise], "candidate": [100 / speed * k for k in noise]}
-        if ladder.PILOT_AA in variants:
-            totals[ladder.PILOT_AA] = [100 / self.aa * k for k in noise[::-1]]
-        return _rows("c", totals)
+        def run(self, variants, samples, extra):
+            self.calls.append((list(variants), extra))
+            return pd.DataFrame()
+    prof = Prof()
+    ladder.pilot_with(prof, [], {"case": "c"})({"stock": STOCK, "+a": STOCK}, ladder.pilot_sweep("+a"))
+    assert prof.calls == [(["stock", "+a"], {"case": "c", "sweep": "pilot +a"})]
 
 
-def test_pilot_measures_its_own_floor_once_and_holds_verdicts_to_it():
-    prof = _FakeProfiler([2.0, 1.08, 1.3], aa=1.10)  # a pilot whose A/A pair differs by 10%
-    pilot = ladder.pilot_with(prof, [])
-    assert pilot(STOCK, STOCK).word == "faster"
-    assert pilot(STOCK, STOCK).word == "no measurable difference"  # 8% sits inside the pilot's floor
-    assert pilot(STOCK, STOCK).word == "faster"
-    assert prof.calls == [["base", "candidate", ladder.PILOT_AA], ["base", "candidate"], ["base", "candidate"]]
-
-
-def test_findings_say_where_the_sweep_disagrees_with_the_pilot():
+def test_a_climb_measures_the_aa_once_and_the_findings_quote_each_pilot():
+    calls = []
     lad = ladder.Ladder("cpu", 300)
-    lad.climbed = ladder.climb(ladder.levers("cpu")[:2], _pilot({"preprocess"}))  # pilot: precision no, preprocess yes
-    noise = [1.0, 1.02, 0.99, 1.01, 0.98, 1.0, 1.01]
-    rows = _rows("c", {"stock": [100 * k for k in noise], ladder.AA: [100 * k for k in noise[::-1]],
-                       "+precision": [50 * k for k in noise], "+auto preprocess": [100 * k for k in noise]})
-    assert lad.disagreements(rows) == ["+precision", "+auto preprocess"]
-    text = lad.findings(rows)
-    assert "not kept" in text and "the pilot that decided this said no measurable difference" in text
-    assert text.count("the pilot that decided this said") == 2
+    lad.climbed = ladder.climb(ladder.levers("cpu")[:2], _pilot({"preprocess"}, calls))
+    assert [c[1] for c in calls] == [["stock", "+precision", ladder.AA], ["stock", "+auto preprocess"]]
+    rows = pd.concat([_rows("c", {"stock": [100 * k for k in NOISE], ladder.AA: [100 * k for k in NOISE[::-1]],
+                                  "+precision": [50 * k for k in NOISE], "+auto preprocess": [100 * k for k in NOISE]}),
+                      _rows("c", {"stock": [1.0] * 3}).assign(sweep="pilot +precision")])  # pilot rows left out
+    text = ladder.climb_findings(lad, rows)
+    assert "`+precision` against `stock`: faster (2" in text and "not kept (its pilot: no measurable" in text
+    assert "`+auto preprocess` against `stock`" in text and "kept (its pilot: faster" in text

@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from mmdet_speedup import masks, stages as S
+from mmdet_speedup import stages as S
+from mmdet_speedup.study import masks
 
 # (input_size, dets_per_image, variant) -> (post ms per repeat, rle ms per repeat, mask_bytes, dets_out)
 CASES = {
@@ -36,17 +37,17 @@ def sweep_rows() -> pd.DataFrame:
 def test_sweep_summary_medians_memory_and_order():
     s = masks.sweep_summary(sweep_rows())
     assert list(s.columns) == ["input_size", "dets_per_image", "variant", S.MASK_POSTPROCESS, S.CONSUMER_RLE,
-                               "together", "MB held", "dets", "megapixels"]
+                               "together", "MiB held", "dets", "megapixels"]
     # smaller image first, then fewer detections, then variants in MASK_VARIANTS order
     assert list(zip(s["input_size"], s["dets_per_image"], s["variant"])) == [
         ("320x240", 40, "full"), ("320x240", 40, "raw"), ("640x480", 10, "raw"),
         ("640x480", 40, "full"), ("640x480", 40, "legacy"), ("640x480", 40, "box"), ("640x480", 40, "raw")]
     full = s[(s["input_size"] == "640x480") & (s["dets_per_image"] == 40)].set_index("variant").loc["full"]
     assert full[S.MASK_POSTPROCESS] == 12.0 and full[S.CONSUMER_RLE] == 7.0 and full["together"] == 19.0
-    assert full["MB held"] == pytest.approx(40 * 640 * 480 / 2**20)
+    assert full["MiB held"] == pytest.approx(40 * 640 * 480 / 2**20)
     assert full["megapixels"] == pytest.approx(0.3072)
     few = s[s["dets_per_image"] == 10].iloc[0]
-    assert few["dets"] == 9 and few["MB held"] == pytest.approx(0.125)
+    assert few["dets"] == 9 and few["MiB held"] == pytest.approx(0.125)
 
 
 def test_consumer_bill_is_one_case_per_variant():
@@ -71,7 +72,6 @@ def test_findings_ratios_and_memory():
 
 
 def test_the_a_a_row_holds_every_mask_verdict_to_its_floor():
-    from mmdet_speedup import findings
     from mmdet_speedup.stats import NO_DIFFERENCE, aa_of
 
     post = {"full": [10.0] * 5, aa_of("full"): [8.0, 12.0, 9.0, 11.0, 10.0], "legacy": [10.0] * 5,
@@ -80,10 +80,11 @@ def test_the_a_a_row_holds_every_mask_verdict_to_its_floor():
                               stage=stage, ms=ms if stage == S.MASK_POSTPROCESS else 1.0)
                          for v, per in post.items() for r, ms in enumerate(per)
                          for stage in (S.MASK_POSTPROCESS, S.CONSUMER_RLE)])
-    said = findings.masks(rows, "640x480")
+    said = masks.sentences(rows, "640x480")
     # `raw` is 1.05x `legacy` in every repeat: faster on its own, but inside the A/A row's spread
     assert f"`raw` against `legacy`: {NO_DIFFERENCE}" in said["mask_findings"]
-    assert f"`{aa_of('full')}` against `full`, `mask_postprocess`, the noise floor" in said["mask_findings"]
+    assert f"`{aa_of('full')}` against `full`, `mask_postprocess`: " in said["mask_findings"]
+    assert "the noise floor every verdict" in said["mask_findings"]
     assert "faster: `box` (2" in said["mask_findings"]  # 2x is outside the floor
-    no_aa = findings.masks(rows[rows["variant"] != aa_of("full")], "640x480")
+    no_aa = masks.sentences(rows[rows["variant"] != aa_of("full")], "640x480")
     assert "`raw` against `legacy`: faster" in no_aa["mask_findings"] and "noise floor" not in no_aa["mask_findings"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mmdet_speedup import STOCK, peers, runtimes
+from mmdet_speedup import STOCK, runtimes
+from mmdet_speedup.study import runtimes as peers
 from mmdet_speedup import stages as S
 
 
@@ -57,7 +58,7 @@ def test_first_call_costs_of_staged_and_deployed_rows():
                                                    {"seconds": 1.0, "rss_growth_mb": 5.0}]),
                                 "stock": Staged([]), "mmdeploy": Deployed()}, export_s=8.0)
     assert list(t.index) == ["ov fp32", "mmdeploy"]  # torch rows convert nothing
-    assert t.loc["ov fp32", "first-call s"] == 4.0 and t.loc["ov fp32", "rss growth MB"] == 15.0
+    assert t.loc["ov fp32", "first-call s"] == 4.0 and t.loc["ov fp32", "RSS growth (MiB)"] == 15.0
     assert t.loc["mmdeploy", "first-call s"] == 10.0
 
 

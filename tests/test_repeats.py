@@ -5,7 +5,8 @@ import pytest
 
 from mmdet_speedup import stages as S
 from mmdet_speedup.pipeline import STOCK
-from mmdet_speedup.profiler import Profiler, Repeats, Sample, repeats_sentence
+from mmdet_speedup.profiler import Profiler, Repeats, Sample
+from mmdet_speedup.study.words import repeats_sentence
 
 from .conftest import TickClock
 

@@ -132,25 +132,19 @@ def _rows(notebook, run, variant, stage_ms, scale="1333x800", reps=3):
                          for r in range(reps) for st, ms in stage_ms.items()])
 
 
-def test_best_measured_anywhere_and_the_bounds_on_it():
+def test_the_bounds_table_in_pipeline_order_with_its_percent_of_roof():
     import pandas as pd
 
-    rows = pd.concat([_rows("02", "r1", "fp32", {S.BACKBONE: 100.0, S.RPN: 20.0}),
-                      _rows("02", "r1", "bf16", {S.BACKBONE: 40.0, S.RPN: 25.0}),
-                      _rows("06", "r2", "+compile", {S.BACKBONE: 30.0, S.RPN: 22.0}),
-                      _rows("06", "r2", "+compile", {S.BACKBONE: 5.0}, scale="640x480")])  # another case
-    best = R.best_measured(rows)
-    mine = R.best_for(best, rows[rows["scale"] == "1333x800"])
-    assert mine == {S.BACKBONE: pytest.approx(30.3), S.RPN: pytest.approx(20.2)}  # medians over 3 repeats
-    assert best.xs(S.BACKBONE, level="stage")["notebook"].tolist() == ["06", "06"]
-    t = R.bounds_table({S.BACKBONE: 100.0, S.RPN: 20.0, S.LOAD: 10.0}, {S.LOAD: 10.0, S.BACKBONE: 40.0, S.RPN: 25.0},
-                       mine, {S.BACKBONE: 10.0, S.RPN: 50.0})
+    table = pd.DataFrame({S.LOAD: [10.0, 10.0], S.BACKBONE: [100.0, 40.0], S.RPN: [20.0, 25.0]},
+                         index=["stock", "path"])
+    best = R.best_measured(table, ["stock", "path"])
+    assert best["row"].to_dict() == {S.LOAD: "stock", S.BACKBONE: "path", S.RPN: "stock"}
+    t = R.bounds_table(table.loc["stock"].to_dict(), {S.LOAD: 10.0, S.BACKBONE: 40.0, S.RPN: 25.0}, best,
+                       {S.BACKBONE: 10.0, S.RPN: 15.0})
     assert list(t.index) == [S.LOAD, S.BACKBONE, S.RPN]  # pipeline order
-    assert t.loc[S.LOAD, "best measured ms"] == 10.0  # no bound for load: the path's own ms
-    assert t.loc[S.RPN, "% of roof"] == 200.0  # the measured peak is below what this stage reached ...
-    assert t.loc[S.BACKBONE, "% of roof"] == pytest.approx(25.0)
+    assert t.loc[S.BACKBONE, "% of roof"] == pytest.approx(25.0) and not t["beaten"].any()
     b = R.bound_speedups(t)
     assert b["reached"] == pytest.approx(130 / 75)
-    assert b["best measured bound"] == pytest.approx(130 / (10 + 30.3 + 20.2))
-    assert b["roofline bound"] == pytest.approx(130 / (10 + 10 + 25))  # ... so no bound is claimed there
+    assert b["best measured bound"] == pytest.approx(130 / (10 + 40 + 20))
+    assert b["roofline bound"] == pytest.approx(130 / (10 + 10 + 15))  # load at the path's own ms
     assert math.isnan(t.loc[S.LOAD, "roofline floor ms"])

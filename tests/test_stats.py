@@ -9,8 +9,9 @@ import pytest
 
 from mmdet_speedup.equivalence import Agreement
 from mmdet_speedup.stats import (AGREEMENT_RULE, CHANGES, EXACT, FASTER, NO_DIFFERENCE, PRESERVES, SLOWER, Interval,
-                                 Verdict, error_bars, findings_markdown, glue_markdown, preservation,
-                                 preservation_column, ratio_interval, ratio_table, takeaway, verdict)
+                                 Verdict, error_bars, preservation, preservation_column, ratio_interval, ratio_table,
+                                 verdict)
+from mmdet_speedup.study.words import findings_markdown, glue_markdown, takeaway
 
 
 def times(median: float, noise: float, n: int, seed: int) -> np.ndarray:
@@ -20,7 +21,7 @@ def times(median: float, noise: float, n: int, seed: int) -> np.ndarray:
 
 # -- intervals -------------------------------------------------------------------------------------------
 def test_interval_str_and_n1():
-    assert str(Interval(1.8, 1.7, 1.9, 7)) == "1.80x (95% CI 1.70-1.90x, n=7)"
+    assert str(Interval(1.8, 1.7, 1.9, 7)) == "1.80x (95% CI 1.7-1.9x, n=7)"
     iv = ratio_interval([10.0], [5.0])
     assert (iv.ratio, iv.lo, iv.hi, iv.n) == (2.0, 2.0, 2.0, 1)
 
@@ -93,9 +94,11 @@ def test_effect_inside_aa_floor():
     v = verdict(iv, floor)
     assert v.word == NO_DIFFERENCE and v.floor == floor
     assert verdict(Interval(0.97, 0.95, 0.99, 9), floor).word == NO_DIFFERENCE
-    # sticking out of the floor on either side is not inside it
-    assert verdict(Interval(1.05, 1.02, 1.08, 9), floor).word == FASTER
-    assert verdict(Interval(0.95, 0.93, 0.97, 9), floor).word == SLOWER
+    # sticking out of the floor is not enough: the whole interval must clear it
+    assert verdict(Interval(1.05, 1.02, 1.08, 9), floor).word == NO_DIFFERENCE
+    assert verdict(Interval(0.95, 0.93, 0.97, 9), floor).word == NO_DIFFERENCE
+    assert verdict(Interval(1.09, 1.07, 1.12, 9), floor).word == FASTER
+    assert verdict(Interval(0.91, 0.89, 0.93, 9), floor).word == SLOWER
 
 
 def test_few_repeats_never_claim():
@@ -143,7 +146,7 @@ def test_ratio_table_sums_pairs_and_floors():
     assert t.loc["fast", "ratio"] == pytest.approx(2.0) and t.loc["fast", "n"] == 9
     assert t.loc["fast", "verdict"] == FASTER
     assert t.loc["fast", ["lo", "hi"]].tolist() == pytest.approx([2.0, 2.0])  # paired: the drift cancels
-    assert t.loc["aa", "verdict"] == NO_DIFFERENCE
+    assert t.loc["aa", "verdict"] == "A/A floor" and t.loc["aa", "text"].startswith("A/A floor (")
     # a constant 1% win is "faster" against no floor, but it lies inside the A/A floor
     assert verdict(Interval(*t.loc["tiny", ["ratio", "lo", "hi", "n"]])).word == FASTER
     floor = t.loc["aa", ["lo", "hi"]]
@@ -267,11 +270,13 @@ def test_speedup_chart_draws_intervals_as_error_bars_and_the_floor():
 
 
 def test_the_floor_finding_names_the_a_a_row_or_says_nothing():
-    from mmdet_speedup.stats import aa_of, floor_finding
+    from mmdet_speedup.stats import aa_of
+    from mmdet_speedup.study.words import floor_finding
 
     rows = pd.DataFrame([dict(variant=v, stage="total", repeat=r, image="a", status="ok", ms=ms)
                          for v, per in (("stock", [10.0, 11.0, 10.5]), (aa_of("stock"), [10.2, 10.8, 10.6]))
                          for r, ms in enumerate(per)])
     t = ratio_table(rows, "stock", aa=aa_of("stock"))
-    assert floor_finding(t, "stock").startswith("`stock (A/A)` against `stock`, the noise floor of this sweep: ")
+    assert floor_finding(t, "stock").startswith("`stock (A/A)` against `stock`: ")
+    assert floor_finding(t, "stock").endswith("the noise floor every verdict of this sweep is held to.")
     assert floor_finding(t.drop(aa_of("stock")), "stock") == ""

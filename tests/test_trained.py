@@ -8,7 +8,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mmdet_speedup import STOCK, StagedPipeline, Workload, build_detector, model_page, synth, weights
+from mmdet_speedup import STOCK, StagedPipeline, Workload, build_detector, synth, weights
+from mmdet_speedup.study import model as model_page
 from mmdet_speedup.checks import InputError
 
 FILE = weights.default_path()

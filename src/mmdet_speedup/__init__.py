@@ -1,20 +1,44 @@
-"""mmdet-speedup: a per-stage profiler for mmdet two-stage detectors, and the optimizations it measures."""
-from . import environment, project, stages
-from .choices import STOCK, Choices
-from .equivalence import Agreement, compare, identical
-from .masks import BoxMasks, FullMasks, LegacyMasks, RawMasks
-from .models import Conditioning, UnsupportedModelError, Workload, build_detector
-from .optimize import Predictor, optimize
-from .pipeline import Detections, ImageLoadError, StagedPipeline, load_image, stock_test_step
-from .profiler import Profiler, Repeats, prepare_inputs, stage_gap, stage_summary, stage_table
-from .records import BENCHMARK_VERSION, Recorder
-from .timing import StageTimer, benchmark, resolve_device, summarize
+"""mmdet-speedup: a per-stage profiler for mmdet two-stage detectors, and the optimizations it measures.
+
+Names load on first use (PEP 562), so a torch-free part (``mmdet_speedup.study.ledger``) imports without torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "Agreement", "BENCHMARK_VERSION", "BoxMasks", "Choices", "Conditioning", "Detections", "FullMasks", "ImageLoadError",
-    "LegacyMasks", "Predictor", "Profiler", "RawMasks", "Recorder", "Repeats", "STOCK", "StageTimer", "StagedPipeline",
-    "UnsupportedModelError", "Workload", "benchmark", "build_detector", "compare", "environment", "identical",
-    "load_image", "optimize", "prepare_inputs", "project", "resolve_device", "stage_gap", "stage_summary",
-    "stage_table", "stages", "stock_test_step", "summarize",
-]
+
+#: public name -> the module that defines it
+_NAMES = {
+    "STOCK": "choices", "Choices": "choices",
+    "Agreement": "equivalence", "compare": "equivalence", "identical": "equivalence",
+    "BoxMasks": "masks", "FullMasks": "masks", "LegacyMasks": "masks", "RawMasks": "masks",
+    "Conditioning": "models", "UnsupportedModelError": "models", "Workload": "models", "build_detector": "models",
+    "Predictor": "optimize", "optimize": "optimize",
+    "Detections": "pipeline", "ImageLoadError": "pipeline", "StagedPipeline": "pipeline", "load_image": "pipeline",
+    "stock_test_step": "pipeline",
+    "Profiler": "profiler", "Repeats": "profiler", "prepare_inputs": "profiler", "stage_gap": "profiler",
+    "stage_summary": "profiler", "stage_table": "profiler",
+    "BENCHMARK_VERSION": "records", "Recorder": "records",
+    "StageTimer": "timing", "benchmark": "timing", "resolve_device": "timing", "summarize": "timing",
+}
+__all__ = sorted([*_NAMES, "environment", "project", "stages"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    else:
+        try:  # a submodule as an attribute (``ms.environment``, ``ms.profiler``)
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

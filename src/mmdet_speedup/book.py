@@ -175,11 +175,9 @@ def recorder(notebook: str, params: Mapping[str, Any], name: str | None = None) 
 
 def unfinished_runs(results: Path | None = None) -> set[str]:
     """Run ids the study runner's ledger (``runs.csv``) marks failed or interrupted: their rows stay, unused."""
-    path = (results or results_dir()) / "runs.csv"
-    if not path.is_file():
-        return set()
-    runs = pd.read_csv(path)
-    return set(runs.loc[runs["status"].isin(["failed", "interrupted"]), "run_id"])
+    from .records import unfinished_runs
+
+    return unfinished_runs(results or results_dir())
 
 
 def load_rows(recorder_or_path, run_id: str | None = None, name: str | None = None) -> pd.DataFrame:
@@ -196,29 +194,6 @@ def load_rows(recorder_or_path, run_id: str | None = None, name: str | None = No
     if run_id:
         return df[df["run_id"] == run_id].reset_index(drop=True)
     return df[~df["run_id"].isin(unfinished_runs(Path(path).parent))].reset_index(drop=True)
-
-
-def study_rows(results: Path | None = None, version: str | None = None) -> pd.DataFrame:
-    """Every chapter's profiler rows at one benchmark version (default: this one), each chapter's latest finished
-    run per device type (a GPU run never displaces the CPU run set): what "anywhere in the study" means for a
-    bound (``roofline.best_measured``, which matches rows by device)."""
-    from .records import BENCHMARK_VERSION
-
-    d = results or results_dir()
-    version = version or BENCHMARK_VERSION
-    frames = []
-    for path in sorted(d.glob("*.csv")):
-        head = pd.read_csv(path, nrows=0).columns
-        if "_equivalence" in path.stem or not {"run_id", "notebook", "variant", "stage", "ms", "status"} <= set(head):
-            continue
-        df = load_rows(path)
-        df = df[df["benchmark_version"].astype(str) == version]
-        if len(df):
-            kind = df["device"].astype(str).str.split(":").str[0] if "device" in df else pd.Series("", index=df.index)
-            latest = df.groupby([df["notebook"], kind])["run_id"].transform("max")
-            frames.append(df[df["run_id"] == latest])
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run_id", "notebook", "variant", "stage", "ms", "status"])
 
 
 def environment_table(run_id: str) -> pd.DataFrame:

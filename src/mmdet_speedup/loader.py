@@ -156,38 +156,6 @@ def overlap_bound(stages: Mapping[str, float]) -> float:
 
 
 #: ``loading_summary``'s columns for the bound and the two speed-ups over ``serial``.
-BOUND, SPEEDUP, SPEEDUP_EQUAL = "bound (1/(1-f))", "speed-up", "speed-up, equal priority"
 
 
-def loading_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Serial against overlapped throughput per model scale, with the bound from the serial profile.
 
-    ``rows``: a run's ``Profiler.run`` rows (the serial profile: every variant not in ``LOADING``) and its
-    ``Profiler.run_loading`` rows. Per scale, in the order the rows ran: the median loading ms per image
-    (``load + preprocess + data_preprocessor``), the serial total, loading's share *f*, the bound 1 / (1 - f)
-    (``overlap_bound`` of the per-stage medians), the median images/s of each ``LOADING`` variant, the
-    speed-ups over ``serial`` and the share of the bound the low-priority reader reached (``reached / bound``).
-    """
-    import pandas as pd
-
-    from . import stages as S
-
-    ok = rows[rows["status"] == "ok"]
-    loading = ok["variant"].isin(list(LOADING))
-    per_img = ok[~loading].pivot_table(index=["scale", "repeat", "image"], columns="stage", values="ms")
-    per_img = per_img.groupby("scale").median()
-    load = per_img[S.LOAD] + per_img[S.PREPROCESS] + per_img[S.DATA_PREPROCESSOR]
-    tp = ok[loading].pivot_table(index="scale", columns="variant", values="images_per_s", aggfunc="median")
-    out = pd.DataFrame({"loading ms": load, "serial total ms": per_img[S.TOTAL], "loading share": load / per_img[S.TOTAL],
-                        BOUND: per_img.apply(overlap_bound, axis=1), "serial img/s": tp["serial"],
-                        "overlapped img/s": tp["overlapped"], "equal-priority img/s": tp["overlapped (equal priority)"]})
-    out[SPEEDUP] = out["overlapped img/s"] / out["serial img/s"]
-    out[SPEEDUP_EQUAL] = out["equal-priority img/s"] / out["serial img/s"]
-    out["reached / bound"] = out[SPEEDUP] / out[BOUND]
-    return out.reindex(pd.unique(ok["scale"])).rename_axis("scale")
-
-
-def exceeds_bound(case: Mapping[str, float], tolerance: float = 0.01) -> bool:
-    """Whether either reader's speed-up in one ``loading_summary`` row is above the bound by more than
-    ``tolerance`` (a fraction): only noise can do that, so then no gain from overlap can be claimed."""
-    return max(case[SPEEDUP], case[SPEEDUP_EQUAL]) > (1 + tolerance) * case[BOUND]

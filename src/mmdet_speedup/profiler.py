@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -134,18 +135,6 @@ class Repeats:
         return cls(min(large_min, repeats) if large else repeats, repeats, width, budget_s if large else None)
 
 
-def repeats_sentence(info: Mapping | None) -> str:
-    """What a sweep traded, in words, from ``df.attrs["repeats"]`` (or ``Profiler.last_repeats``)."""
-    if not info:
-        return ""
-    n, lo, hi = info["n"], info["min"], info["max"]
-    if lo == hi:
-        return f"{n} interleaved repeats"
-    why = {"narrow": "stopped because every interval was already narrow",
-           "budget": "stopped at the sweep's time budget", "max": "the most it allows"}[info["stopped"]]
-    return f"{n} interleaved repeats (allowed {lo} to {hi}; {why})"
-
-
 @dataclass(frozen=True)
 class Built:
     """A sweep variant that is not the profiler's model under some choices, e.g. a deployed whole-model graph:
@@ -210,6 +199,8 @@ class Profiler:
         """
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        # rows of one interleaved sweep pair by repeat; rows of different sweeps are compared unpaired
+        extra = {"sweep_id": uuid.uuid4().hex[:8], **(extra or {})}
         build = build or self.pipeline
         out: list[dict] = []
         pipes: dict[str, StagedPipeline] = {}
@@ -408,29 +399,3 @@ def stage_gap(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def with_preprocess_case(rows: pd.DataFrame) -> pd.DataFrame:
-    """``run_preprocess`` rows with their case, ``"<input size> > <model scale>"``."""
-    return rows.assign(case=rows["input_size"] + " > " + rows["scale"])
-
-
-def preprocess_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """``run_preprocess`` rows per (case, variant): median wall and CPU ms of ``preprocess + data_preprocessor``
-    per image, median ``load`` ms, MB copied, the input's megapixels and what ``auto`` chose (its most common pick).
-
-    A case is ``"<input size> > <model scale>"``; medians are over repeats and images.
-    """
-    from .models import megapixels
-
-    ok = with_preprocess_case(rows[rows["status"] == "ok"])
-    keys = ["case", "variant", "repeat", "image"]
-    wall = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="sum")
-    cpu = ok.pivot_table(index=keys, columns="stage", values="cpu_ms", aggfunc="sum")
-    per = pd.DataFrame({"pre_ms": wall[S.PREPROCESS] + wall[S.DATA_PREPROCESSOR],
-                        "pre_cpu_ms": cpu[S.PREPROCESS] + cpu[S.DATA_PREPROCESSOR], "load_ms": wall[S.LOAD]})
-    by = ok.groupby(["case", "variant"], sort=False)
-    out = per.groupby(["case", "variant"]).median().reindex(by.size().index)  # in the order measured
-    out["MB copied"] = by["bytes_copied"].median() / 2**20
-    out["chosen"] = by["chosen"].agg(lambda s: s.mode().iat[0])
-    out["megapixels"] = by["input_size"].first().map(megapixels)
-    out["scale"] = by["scale"].first()
-    return out

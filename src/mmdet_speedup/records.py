@@ -11,20 +11,21 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .environment import environment, git_sha
 
 #: Bump when the meaning of a measurement changes, so old rows are never mixed with new ones unknowingly.
 #: 2.0: weights v2 (calibrated BatchNorm, models.WEIGHTS_RECIPE), A/A rows and the ladder's climb.
 #: 2.1: the book rewrite: findings generated from the rows (findings.py), int8 with the library's levers, 05 passes 3.
 #: 2.2: OpenVINO traces a static-shape part once per weights on a crop (first-call costs), A/A rows in every chapter.
-BENCHMARK_VERSION = "2.2"
+#: 2.3: the one verdict rule (A/A floor rows get no word, ranges under 5 repeats), sweep ids, the ladder's pilot
+#: recorded.
+BENCHMARK_VERSION = "2.3"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",
     "preprocess", "precision", "channels_last", "masks", "device", "dtype", "threads",
     "input_size", "scale", "rpn_pre_nms", "dets_per_image", "stage", "repeat", "ms", "peak_mem_mb",
     "status", "message", "image", "fold_bn", "rpn_nms_in", "bbox_nms_in", "dets_out", "mask_bytes", "roi_align", "cpu_ms", "bytes_copied", "chosen", "images_per_s", "case", "sweep", "compile",
-    "gpu",
+    "gpu", "sweep_id",
 )
 
 
@@ -43,6 +44,8 @@ class Recorder:
         # the study runner names the run (MMDET_SPEEDUP_RUN_ID) so its ledger can mark a failed run's rows
         self.run_id = run_id or os.environ.get("MMDET_SPEEDUP_RUN_ID") or new_run_id()
         self.rows_written = 0
+        from .environment import environment, git_sha  # torch: only a recorder needs it, not the ledger
+
         self.git_sha = git_sha()
         self.env = {"benchmark_version": BENCHMARK_VERSION, **environment(params)}
         env_dir = Path(env_dir) if env_dir else self.path.parent / "environment"
@@ -131,3 +134,13 @@ def _extend_header(path: Path, header: list[str], full: list[str]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def unfinished_runs(results: str | os.PathLike) -> set[str]:
+    """Run ids the study runner's ledger (``<results>/runs.csv``) marks failed or interrupted: their rows stay,
+    unused."""
+    path = Path(results) / "runs.csv"
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as f:
+        return {r["run_id"] for r in csv.DictReader(f) if r.get("status") in ("failed", "interrupted")}

@@ -316,57 +316,58 @@ def stage_bytes(pipeline, image) -> dict[str, float]:
 
 # -- bound (a): the best cost measured for a stage anywhere in the study ----------------------------------------
 #: What makes two rows the same work: the model, the input, the workload, the device.
-CASE_KEYS = ("config", "device", "input_size", "scale", "rpn_pre_nms", "dets_per_image")
+#: Stages that are two halves of one path: a bound takes both from the same row, never each from a different one.
+ONE_PATH = ((S.PREPROCESS, S.DATA_PREPROCESSOR),)
 
 
-def best_measured(rows: pd.DataFrame, stages: Sequence[str] = S.STAGES) -> pd.DataFrame:
-    """Per case (``CASE_KEYS``) and stage: the lowest median ms per image any variant reached, which variant
-    and which chapter (``notebook``). ``rows``: profiler rows of any number of chapters and runs, e.g.
-    ``book.study_rows()``; only ``status == "ok"`` counts, medians are over repeats of one run and variant."""
-    ok = rows[(rows["status"] == "ok") & rows["stage"].isin(stages)]
-    keys = [k for k in CASE_KEYS if k in ok.columns]
-    who = ["run_id", "notebook", "variant"]
-    per = ok.groupby([*keys, *who, "stage", "repeat"], dropna=False)["ms"].sum()
-    n_img = ok.groupby([*keys, *who, "repeat"], dropna=False)["image"].nunique()
-    per = (per / n_img.reindex(per.index.droplevel("stage"))).groupby(level=[*keys, *who, "stage"], dropna=False).median()
-    per = per.rename("ms").reset_index()
-    best = per.loc[per.groupby([*keys, "stage"], dropna=False)["ms"].idxmin()]
-    return best.set_index([*keys, "stage"])[["ms", "variant", "notebook", "run_id"]]
+def best_measured(table: pd.DataFrame, keep: Sequence[str]) -> pd.DataFrame:
+    """Per top-level stage of one case table (median ms per image per row, one run): the lowest any row of
+    ``keep`` reached and which row (``ms``, ``row``). ``keep``: the rows a bound may use (same workload, results
+    kept); the halves in ``ONE_PATH`` come from one row together."""
+    stages = [s for s in S.STAGES if s in table.columns]
+    sub = table.loc[[k for k in keep if k in table.index], stages].astype(float)
+    paired = {s for g in ONE_PATH for s in g}
+    groups = [g for g in ONE_PATH if set(g) <= set(stages)] + [(s,) for s in stages if s not in paired]
+    out = {}
+    for g in groups:
+        total = sub[list(g)].sum(axis=1, min_count=len(g)).dropna()
+        if total.empty:
+            continue
+        who = total.idxmin()
+        out |= {st: {"ms": float(sub.loc[who, st]), "row": str(who)} for st in g}
+    return pd.DataFrame.from_dict(out, orient="index", columns=["ms", "row"])
 
 
-def best_for(best: pd.DataFrame, rows: pd.DataFrame) -> dict[str, float]:
-    """``best_measured``'s ms per stage for the case ``rows`` (profiler rows of one case) ran."""
-    ok = rows[rows["status"] == "ok"]
-    keys = [k for k in CASE_KEYS if k in best.index.names]
-    case = tuple(ok.iloc[0][k] for k in keys)
-    try:
-        sub = best.xs(case, level=keys, drop_level=True)
-    except KeyError:
-        return {}
-    return sub["ms"].astype(float).to_dict()
-
-
-def bounds_table(stock: Mapping[str, float], path: Mapping[str, float], best: Mapping[str, float],
+def bounds_table(stock: Mapping[str, float], path: Mapping[str, float], best: pd.DataFrame,
                  floors: Mapping[str, float]) -> pd.DataFrame:
     """Per top-level stage (the keys of ``path`` in pipeline order): ``stock``'s ms, the path's, the best measured
-    anywhere (bound a, at most the path's own ms) and the roofline floor (bound b), and the floor over the path's
-    ms as ``% of roof``. A floor above the path's ms (``% of roof`` over 100) means the measured peak is below
-    what this stage's kernels reach: the roof is then no bound, and ``bound_speedups`` claims none there."""
+    in this run (``best_measured``: bound a, and the row it came from) and the roofline floor (bound b), the floor
+    over the path's ms as ``% of roof``, and ``beaten``: a measured row at or below the floor, so the measured peak
+    is not what this stage's kernels reach and the roof bounds nothing there."""
     rows = []
     for st in [s for s in S.STAGES if s in path]:
         p = float(path[st])
         floor = float(floors.get(st, math.nan))
+        b = float(best["ms"].get(st, p)) if st in best.index else p
         rows.append({"stage": st, "stock ms": float(stock.get(st, math.nan)), "path ms": p,
-                     "best measured ms": min(p, float(best.get(st, p))), "roofline floor ms": floor,
-                     "% of roof": floor / p * 100 if p > 0 else math.nan})
+                     "best measured ms": b, "best row": best["row"].get(st, "") if st in best.index else "",
+                     "roofline floor ms": floor, "% of roof": floor / p * 100 if p > 0 else math.nan,
+                     "beaten": bool(floor >= min(p, b)) if not math.isnan(floor) else False})
     return pd.DataFrame(rows).set_index("stage")
 
 
+def beaten_floors(table: pd.DataFrame) -> list[str]:
+    """The stages of a ``bounds_table`` whose roofline floor a measured row reached or beat."""
+    return [str(s) for s in table.index[table["beaten"].astype(bool)]]
+
+
 def bound_speedups(table: pd.DataFrame) -> dict[str, float]:
-    """From a ``bounds_table``: ``stock``'s summed stages over the path's (reached), over the best measured per stage
-    (bound a) and over the roofline floors (bound b; a stage without a floor, or with a floor above its own ms,
-    counts at the path's ms). Sums of stage medians, so the glue between stages counts on neither side."""
-    s = table.sum()
-    floors = table["roofline floor ms"].where(table["roofline floor ms"] <= table["path ms"], table["path ms"])
+    """From a ``bounds_table``: ``stock``'s summed stages over the path's (reached), over the best measured per
+    stage (bound a), and over the roofline floors (bound b, stages without a floor at the path's ms); bound b is
+    withheld (NaN) where a measured row beats a floor (``beaten_floors``). Sums of stage medians, so the glue
+    between stages counts on neither side."""
+    s = table.sum(numeric_only=True)
+    floors = table["roofline floor ms"].fillna(table["path ms"])
+    roof = math.nan if beaten_floors(table) else s["stock ms"] / floors.sum()
     return {"reached": s["stock ms"] / s["path ms"], "best measured bound": s["stock ms"] / s["best measured ms"],
-            "roofline bound": s["stock ms"] / floors.sum()}
+            "roofline bound": roof}

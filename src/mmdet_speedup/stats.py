@@ -1,10 +1,10 @@
-"""Speed-ups with their uncertainty, the words a chapter may use for them, and what "preserves results" means.
+"""Speed-ups with their uncertainty, the one verdict rule, and what "preserves results" means.
 
-A ratio of medians over three repeats says little on a busy machine: the same code against itself moves by
-several percent. So every comparison here is a ratio with a bootstrap interval over repeats, and a comparison
-is called "faster" or "slower" only when that interval excludes 1 *and* is not inside the A/A floor (the
-interval of the baseline measured twice in the same sweep). Agreement between two variants' detections is
-turned into one of three words by one fixed rule, :data:`AGREEMENT_RULE`, decided before any figure is seen.
+The same code against itself moves by several percent on a busy machine, so every comparison is a ratio with
+an interval over repeats, held by :func:`verdict` to the sweep's A/A floor (the baseline measured twice in the
+same sweep). These are values; the sentences a chapter builds from them live in ``mmdet_speedup.study``.
+Agreement between two variants' detections is turned into one of three words by :data:`AGREEMENT_RULE`,
+fixed before any figure was seen.
 """
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ import pandas as pd
 
 FASTER, SLOWER, NO_DIFFERENCE = "faster", "slower", "no measurable difference"
 Word = Literal["faster", "slower", "no measurable difference"]
+#: What a table's verdict column holds for the rows that are not compared: the baseline itself, and the A/A
+#: row, whose interval is the sweep's noise floor (it gets no verdict word: it is the floor the others meet).
+BASELINE, FLOOR = "baseline", "A/A floor"
+#: Two rows whose pairwise interval does not clear the floor by the verdict rule: neither is ranked first.
+TIED = "tied"
 
-#: Below this many repeats a bootstrap interval is an artefact of resampling 1 or 2 values (every resample
-#: is one of a handful of medians), so no verdict claims a difference from it.
+#: Below this many repeats no verdict is claimed: 1 or 2 values give an interval that is only resampling noise.
 MIN_REPEATS = 3
+#: Below this many repeats a bootstrap "95% CI" is resampling of a handful of numbers: the interval is then the
+#: range of the per-repeat ratios, and a verdict needs that whole range to clear the floor.
+CI_REPEATS = 5
 
 
 def _x(v: float, digits: int = 2) -> str:
@@ -28,29 +35,43 @@ def _x(v: float, digits: int = 2) -> str:
     return s[:-1] if s.endswith("0") else s
 
 
-def _digits(word: str, lo: float, hi: float) -> int:
-    """Decimals that keep a difference visible: an interval that excludes 1 must not print as "1.0-1.0x"."""
+def _digits(lo: float, hi: float, marks: tuple[float, ...] = (1.0,)) -> int:
+    """Decimals that keep a clearance visible: an interval that excludes 1 must not print as "1.0-1.0x"."""
     digits = 2
-    while word in (FASTER, SLOWER) and digits < 4 and round(lo, digits) <= 1 <= round(hi, digits):
+    while digits < 4 and any(round(lo, digits) <= m <= round(hi, digits) and not lo <= m <= hi for m in marks):
         digits += 1
     return digits
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A ratio of medians (base / test: > 1 means test is faster) and its bootstrap interval over ``n`` repeats."""
+    """A ratio of medians (base / test: > 1 means test is faster) and its interval over ``n`` repeats.
+
+    ``kind`` is "ci" (a percentile bootstrap interval at ``level``) or "range" (fewer than :data:`CI_REPEATS`
+    repeats: the range of the per-repeat ratios). ``paired`` is False for samples not taken in one interleaved
+    sweep (each side resampled on its own).
+    """
 
     ratio: float
     lo: float
     hi: float
     n: int
     level: float = 0.95
+    kind: str = "ci"
+    paired: bool = True
 
     def __str__(self) -> str:
-        return f"{self.ratio:.2f}x ({self.level * 100:g}% CI {self.lo:.2f}-{self.hi:.2f}x, n={self.n})"
+        return f"{self.ratio:.2f}x ({self.spread()}, n={self.n})"
 
     def contains(self, value: float) -> bool:
         return bool(self.lo <= value <= self.hi)
+
+    def spread(self, digits: int | None = None) -> str:
+        """"95% CI 1.7-1.9x" or "range 1.7-1.9x over 3 repeats" (", unpaired" where it is)."""
+        d = _digits(self.lo, self.hi) if digits is None else digits
+        body = (f"{self.level * 100:g}% CI {_x(self.lo, d)}-{_x(self.hi, d)}x" if self.kind == "ci"
+                else f"range {_x(self.lo, d)}-{_x(self.hi, d)}x over {self.n} repeats")
+        return body + ("" if self.paired else ", unpaired")
 
 
 def _clean(a: Any) -> np.ndarray:
@@ -59,13 +80,14 @@ def _clean(a: Any) -> np.ndarray:
 
 def ratio_interval(base: Sequence[float] | np.ndarray, test: Sequence[float] | np.ndarray, *, paired: bool = True,
                    n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
-    """``median(base) / median(test)`` with a percentile bootstrap interval over repeats.
+    """``median(base) / median(test)`` with its interval over repeats.
 
-    Paired (the default) resamples repeat indices jointly: in an interleaved sweep repeat i of both variants
-    ran back to back, so drift of the machine (clocks, other load) is shared and cancels in the pair; resampling
-    the two independently would count that drift as noise twice. Unpaired resamples each side on its own (for
-    samples not taken together); its ``n`` is the smaller sample. NaNs are dropped (a pair with either side NaN
-    when paired). With one repeat the interval is the point itself, and ``n=1`` says so.
+    Paired (the default) takes repeat i of both sides together: in an interleaved sweep they ran back to back, so
+    drift of the machine (clocks, other load) is shared and cancels in the pair. Unpaired treats each side on its
+    own (samples not taken together); its ``n`` is the smaller sample. With at least :data:`CI_REPEATS` repeats
+    the interval is a percentile bootstrap; with fewer it is the range of the per-repeat ratios (paired: base_i /
+    test_i; unpaired: every base over every test), since a bootstrap of 3 values only reshuffles them. NaNs are
+    dropped (a pair with either side NaN when paired). With one repeat the interval is the point itself.
     """
     b, t = _clean(base), _clean(test)
     if paired:
@@ -82,7 +104,11 @@ def ratio_interval(base: Sequence[float] | np.ndarray, test: Sequence[float] | n
     ratio = float(np.median(b) / np.median(t))
     n = min(len(b), len(t))
     if max(len(b), len(t)) == 1:
-        return Interval(ratio, ratio, ratio, 1, level)
+        return Interval(ratio, ratio, ratio, 1, level, "range", paired)
+    if n < CI_REPEATS:
+        each = b / t if paired else np.divide.outer(b, t).ravel()
+        return Interval(ratio, float(min(each.min(), ratio)), float(max(each.max(), ratio)), n, level, "range",
+                        paired)
     rng = np.random.default_rng(seed)
     if paired:
         idx = rng.integers(0, n, size=(n_boot, n))
@@ -93,12 +119,12 @@ def ratio_interval(base: Sequence[float] | np.ndarray, test: Sequence[float] | n
     alpha = (1 - level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     # the percentile interval of a median can, with few repeats, miss the point estimate; widen to include it
-    return Interval(ratio, float(min(lo, ratio)), float(max(hi, ratio)), n, level)
+    return Interval(ratio, float(min(lo, ratio)), float(max(hi, ratio)), n, level, "ci", paired)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The words for one comparison, with the interval they were read from and the A/A floor they were held to."""
+    """The word for one comparison, with the interval it was read from and the A/A floor it was held to."""
 
     word: Word
     interval: Interval
@@ -110,33 +136,45 @@ class Verdict:
         i = self.interval
         if i.n < MIN_REPEATS:
             return f"{self.word} ({_x(i.ratio)}x, n={i.n}: too few repeats to tell)"
-        d = _digits(self.word, i.lo, i.hi)
-        return f"{self.word} ({_x(i.ratio, d)}x, {i.level * 100:g}% CI {_x(i.lo, d)}-{_x(i.hi, d)}x)"
+        marks = (1.0,) if self.floor is None else (1.0, self.floor.lo, self.floor.hi)
+        d = _digits(i.lo, i.hi, marks) if self.word in (FASTER, SLOWER) else 2
+        return f"{self.word} ({_x(i.ratio, d)}x, {i.spread(d)})"
 
     def __str__(self) -> str:
         return self.text
 
 
-def verdict(interval: Interval, floor: Interval | None = None) -> Verdict:
-    """"faster" / "slower" / "no measurable difference" from a ratio interval and the sweep's A/A floor.
+def floor_text(interval: Interval) -> str:
+    """The A/A row's cell: its interval, named as the floor, with no verdict word."""
+    return f"{FLOOR} ({_x(interval.ratio)}x, {interval.spread()})"
 
-    No difference is claimed when the interval includes 1, when it lies inside the A/A floor (an effect no
-    larger than what the same code shows against itself in this sweep: ``floor.lo <= lo and hi <= floor.hi``),
-    or with fewer than :data:`MIN_REPEATS` repeats (1 or 2 values give an interval that is only resampling
-    noise, however narrow it looks).
+
+def verdict(interval: Interval, floor: Interval | None = None) -> Verdict:
+    """The study's one verdict rule, from a row's interval ``[lo, hi]`` and the sweep's A/A floor ``f``.
+
+    "faster" iff ``lo > max(1, f.hi)``, "slower" iff ``hi < min(1, f.lo)``, else "no measurable difference";
+    without a floor, ``f`` is the point 1. An interval that straddles the floor, however wide, is no difference;
+    so is anything from fewer than :data:`MIN_REPEATS` repeats, or a NaN interval (a failed row).
     """
-    inside_floor = floor is not None and floor.lo <= interval.lo and interval.hi <= floor.hi
-    if interval.n < MIN_REPEATS or interval.contains(1.0) or inside_floor:
-        word: Word = NO_DIFFERENCE
-    else:
-        word = FASTER if interval.lo > 1 else SLOWER
+    f_lo, f_hi = (1.0, 1.0) if floor is None else (floor.lo, floor.hi)
+    word: Word = NO_DIFFERENCE
+    if interval.n >= MIN_REPEATS and np.isfinite([interval.lo, interval.hi]).all():
+        if interval.lo > max(1.0, f_hi):
+            word = FASTER
+        elif interval.hi < min(1.0, f_lo):
+            word = SLOWER
     return Verdict(word, interval, floor)
+
+
+SWEEP = "sweep_id"
 
 
 def _per_repeat(rows: pd.DataFrame, stages: Sequence[str], by: list[str], key: list[str]) -> pd.Series:
     ok = rows[rows["status"] == "ok"] if "status" in rows.columns else rows
     ok = ok[ok["stage"].isin(list(stages))]
-    cols = [*by, *key, *(["image"] if "image" in ok.columns else [])]
+    if SWEEP in ok.columns:  # rows from before sweeps had ids are one sweep each
+        ok = ok.assign(**{SWEEP: ok[SWEEP].fillna("").astype(str)})
+    cols = [*by, *([SWEEP] if SWEEP in ok.columns else []), *key, *(["image"] if "image" in ok.columns else [])]
     return ok.groupby(cols, sort=False)["ms"].sum()
 
 
@@ -148,17 +186,18 @@ def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("
 
     ``rows`` are the profiler's tidy rows (variant, stage, repeat, image, ms, status); only ``status == "ok"``
     counts. Per repeat, the ms of ``stages`` are summed over the images both the variant and the baseline have
-    in that repeat (an image that failed on one side leaves both, so a failure never reads as a speed-up), then
-    paired with the baseline's repeat by ``key``. "median ms" is per image (the book's unit), over repeats.
-    ``aa`` names the A/A variant (a second run of the baseline in the same sweep): its interval against the
-    baseline is the floor every other verdict is held to; its own verdict has no floor. ``floor``: the sweep's
-    A/A interval when the baseline is not the A/A's (two rows of a sweep compared with each other, neither of them
-    ``stock``: ``aa_floor``); ``aa`` wins where both are given. The baseline's row has
-    ratio 1 and the text "baseline". Rows of one sweep only: a caller with several cases (a ``case`` or
-    ``scale`` column) filters to one case first, or the repeats of different cases would be summed together.
+    (an image that failed on one side leaves both, so a failure never reads as a speed-up), then paired with the
+    baseline's repeat by ``key`` when both ran in the same interleaved sweep (``sweep_id``); a variant from
+    another sweep is compared unpaired, and its text says so. "median ms" is per image, over repeats.
+    ``aa`` names the A/A variant (the baseline measured twice in the same sweep): its interval is the floor every
+    other verdict is held to (:func:`verdict`), and its own row gets no verdict word (``FLOOR``). ``floor``: the
+    sweep's A/A interval when the baseline is not the A/A's (``aa_floor``); ``aa`` wins where both are given. The
+    baseline's row has ratio 1 and the verdict ``BASELINE``. Rows of one case only: a caller with several cases
+    filters to one case first, or the repeats of different cases would be summed together.
     """
     by, key = list(by), list(key)
     per = _per_repeat(rows, stages, by, key)
+    levels = [c for c in per.index.names if c not in by]
     groups = list(dict.fromkeys(zip(*(per.index.get_level_values(c) for c in by))))  # in the order measured
     as_label = (lambda x: tuple(x)) if len(by) > 1 else (lambda x: (x,))
     base_label = as_label(baseline)
@@ -168,16 +207,36 @@ def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("
     def side(label: tuple) -> pd.Series:
         return per.xs(label, level=by)
 
+    def sweeps(s: pd.Series) -> set:
+        return set(s.index.get_level_values(SWEEP)) if SWEEP in levels else {""}
+
     base = side(base_label)
+    repeat_levels = [c for c in levels if c != "image"]
 
     def compare(label: tuple) -> tuple[Interval, float]:
-        both = pd.concat({"b": base, "t": side(label)}, axis=1, join="inner")
-        if len(both) == 0:
-            raise ValueError(f"{label!r} shares no repeats with the baseline {baseline!r}")
-        per_rep = both.groupby(level=key, sort=False)
-        sums, n_img = per_rep.sum(), per_rep.size()
-        iv = ratio_interval(sums["b"], sums["t"], paired=paired, n_boot=n_boot, level=level, seed=seed)
-        return iv, float((sums["t"] / n_img).median())
+        test = side(label)
+        together = paired and sweeps(test) == sweeps(base) and len(sweeps(base)) == 1
+        if together:
+            both = pd.concat({"b": base, "t": test}, axis=1, join="inner")
+            if len(both) == 0:
+                raise ValueError(f"{label!r} shares no repeats with the baseline {baseline!r}")
+            per_rep = both.groupby(level=repeat_levels, sort=False)
+            sums, n_img = per_rep.sum(), per_rep.size()
+            iv = ratio_interval(sums["b"], sums["t"], paired=True, n_boot=n_boot, level=level, seed=seed)
+            return iv, float((sums["t"] / n_img).median())
+        common = (set(base.index.get_level_values("image")) & set(test.index.get_level_values("image"))
+                  if "image" in levels else None)
+
+        def sums(s: pd.Series) -> pd.Series:
+            if common is not None:
+                s = s[s.index.get_level_values("image").isin(common)]
+            g = s.groupby(level=repeat_levels, sort=False)
+            return g.sum() / g.size()
+        b, t = sums(base), sums(test)
+        if len(b) == 0 or len(t) == 0:
+            raise ValueError(f"{label!r} shares no images with the baseline {baseline!r}")
+        iv = ratio_interval(b.to_numpy(), t.to_numpy(), paired=False, n_boot=n_boot, level=level, seed=seed)
+        return iv, float(t.median())
 
     aa_label = None if aa is None else as_label(aa)
     if aa_label is not None and aa_label not in groups:
@@ -186,14 +245,52 @@ def ratio_table(rows: pd.DataFrame, baseline: Any, *, stages: Sequence[str] = ("
     out = []
     for g in groups:
         if g == base_label:
-            b = base.groupby(level=key, sort=False)
-            out.append((*g, float((b.sum() / b.size()).median()), b.ngroups, 1.0, 1.0, 1.0, None, "baseline"))
+            b = base.groupby(level=repeat_levels, sort=False)
+            out.append((*g, float((b.sum() / b.size()).median()), b.ngroups, 1.0, 1.0, 1.0, BASELINE, BASELINE,
+                        True))
             continue
         iv, med = compare(g)
-        v = verdict(iv, None if g == aa_label else floor)
-        out.append((*g, med, iv.n, iv.ratio, iv.lo, iv.hi, v.word, v.text))
-    cols = [*by, "median ms", "n", "ratio", "lo", "hi", "verdict", "text"]
+        if g == aa_label:
+            out.append((*g, med, iv.n, iv.ratio, iv.lo, iv.hi, FLOOR, floor_text(iv), iv.paired))
+            continue
+        v = verdict(iv, floor)
+        out.append((*g, med, iv.n, iv.ratio, iv.lo, iv.hi, v.word, v.text, iv.paired))
+    cols = [*by, "median ms", "n", "ratio", "lo", "hi", "verdict", "text", "paired"]
     return pd.DataFrame(out, columns=cols).set_index(by if len(by) > 1 else by[0])
+
+
+@dataclass(frozen=True)
+class Best:
+    """The row a ranking names first (``label``), or None where its lead over ``tied`` does not clear the floor."""
+
+    label: str | None
+    tied: tuple[str, ...]
+    lowest: str
+
+    @property
+    def clear(self) -> bool:
+        return self.label is not None
+
+
+def best_of(rows: pd.DataFrame, labels: Sequence[str], *, stages: Sequence[str] = ("total",),
+            floor: Interval | None = None, **kw: Any) -> Best:
+    """The fastest of ``labels`` by the verdict rule: the one with the lowest median, if it is "faster" than every
+    other in their pairwise interval held to ``floor``; else no label, and ``tied`` lists the rows it does not
+    clear (so a page says "tied" instead of naming a best row)."""
+    ok = rows[rows["status"] == "ok"] if "status" in rows.columns else rows
+    labels = [x for x in labels if (ok["variant"] == x).any()]
+    if not labels:
+        raise ValueError("best_of: none of the rows has ok rows")
+    med = {x: ratio_table(ok[ok["variant"] == x], x, stages=stages, **kw).loc[x, "median ms"] for x in labels}
+    lowest = min(labels, key=med.get)
+    tied = []
+    for other in labels:
+        if other == lowest:
+            continue
+        t = ratio_table(ok[ok["variant"].isin([other, lowest])], other, stages=stages, floor=floor, **kw)
+        if t.loc[lowest, "verdict"] != FASTER:
+            tied.append(other)
+    return Best(None if tied else lowest, tuple(tied), lowest)
 
 
 def error_bars(table: pd.DataFrame) -> np.ndarray:
@@ -265,46 +362,6 @@ def preservation_column(df: pd.DataFrame, rule: AgreementRule = AGREEMENT_RULE) 
     return pd.Series(np.select([exact, keeps], [EXACT, PRESERVES], CHANGES), index=df.index, name="results")
 
 
-# -- words for chapters ----------------------------------------------------------------------------------
-def takeaway(name: str, v: Verdict, baseline: str, what: str = "") -> str:
-    """One sentence from a verdict: "`+precision` against `stock`: faster (1.8x, 95% CI 1.7-1.9x)."
-
-    ``what`` names the measured quantity when it is not the total ("backbone + neck").
-    """
-    of = f", {what}" if what else ""
-    return f"`{name}` against `{baseline}`{of}: {v.text}."
-
-
-def findings_markdown(items: Iterable[str]) -> str:
-    """A Markdown bullet list, one finding per item (empty string for no items)."""
-    return "".join(f"- {s}\n" for s in items)
-
-
-class _Markdown:
-    """Markdown that also renders as HTML: ``{glue:md}`` reads ``text/markdown`` on its own page, and another page
-    pasting it (``{glue:any}`` with ``:doc:``, the landing page) gets ``text/html`` (myst-nb's cross-page glue
-    renders no Markdown)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
-        from markdown_it import MarkdownIt
-
-        return {"text/markdown": self.text, "text/html": MarkdownIt().render(self.text), "text/plain": self.text}
-
-
-def glue_markdown(name: str, text: str) -> None:
-    """Glue ``text`` as Markdown (and HTML, for pasting on another page), so ``{glue:md}`name``` renders it.
-
-    ``{glue:md}`` reads the ``text/markdown`` entry of the glued object's mimebundle: a plain string would give
-    only ``text/plain``. Not displayed in the cell.
-    """
-    from myst_nb import glue
-
-    glue(name, _Markdown(text), display=False)
-
-
 def aa_of(baseline: str) -> str:
     """The A/A row's name for ``baseline``: the same code profiled a second time in the same sweep."""
     return f"{baseline} (A/A)"
@@ -314,17 +371,6 @@ def aa_in(rows: pd.DataFrame, baseline: str) -> str | None:
     """``baseline``'s A/A row name when ``rows`` hold that row (for ``ratio_table(aa=...)``), else None."""
     aa = aa_of(baseline)
     return aa if (rows["variant"] == aa).any() else None
-
-
-def floor_finding(table: pd.DataFrame, baseline: str, what: str = "") -> str:
-    """The A/A row of a ``ratio_table`` in words: the sweep's noise floor, which every verdict beside it is held
-    to ("" when the table has no A/A row)."""
-    aa = aa_of(baseline)
-    if aa not in table.index:
-        return ""
-    r = table.loc[aa]
-    of = f", {what}" if what else ""
-    return f"`{aa}` against `{baseline}`{of}, the noise floor of this sweep: {r['text']}."
 
 
 def aa_floor(rows: pd.DataFrame, baseline: Any, aa: Any, **kw: Any) -> Interval | None:
@@ -338,45 +384,12 @@ def aa_floor(rows: pd.DataFrame, baseline: Any, aa: Any, **kw: Any) -> Interval 
 
 def row_interval(row: pd.Series) -> Interval:
     """The interval one ``ratio_table`` row holds."""
-    return Interval(float(row["ratio"]), float(row["lo"]), float(row["hi"]), int(row["n"]))
-
-
-def table_findings(table: pd.DataFrame, baseline: str, what: str = "") -> str:
-    """A ``ratio_table``'s rows, all but the baseline's, as Markdown findings (``takeaway`` each)."""
-    return findings_markdown(
-        takeaway(str(label), Verdict(r["verdict"], row_interval(r)), baseline, what)
-        for label, r in table.iterrows() if label != baseline)
+    n = int(row["n"])
+    return Interval(float(row["ratio"]), float(row["lo"]), float(row["hi"]), n,
+                    kind="range" if n < CI_REPEATS else "ci", paired=bool(row.get("paired", True)))
 
 
 def ratio_tables(rows: pd.DataFrame, baseline: Any, *, case: str = "case", **kw: Any) -> dict[str, pd.DataFrame]:
     """One :func:`ratio_table` per value of the ``case`` column, in the order measured (each case its own sweep)."""
     return {str(c): ratio_table(rows[rows[case] == c], baseline, **kw)
             for c in dict.fromkeys(rows[case]) if (rows.loc[rows[case] == c, "variant"] == baseline).any()}
-
-
-def verdict_summary(table: pd.DataFrame, baseline: str, what: str = "", skip: Sequence[str] = ()) -> str:
-    """One sentence grouping a ``ratio_table``'s rows by verdict against ``baseline``, each with its ratio and
-    interval: "Against `stock` (pre-processing): faster: `device` (1.4x, 95% CI ...); no measurable difference:
-    `auto` (...)." A group with no rows is left out; rows in ``skip`` (an A/A row) too."""
-    rows = table.drop(index=[baseline, *skip], errors="ignore")
-    groups = []
-    for word in (FASTER, NO_DIFFERENCE, SLOWER):
-        picked = rows[rows["verdict"] == word]
-        if len(picked):
-            items = ", ".join(f"`{label}` ({r['text'].split('(', 1)[1]}" for label, r in picked.iterrows())
-            groups.append(f"{word}: {items}")
-    of = f" ({what})" if what else ""
-    return f"Against `{baseline}`{of}, " + "; ".join(groups) + "." if groups else ""
-
-
-def verdict_of(table: pd.DataFrame, label: str) -> str:
-    """A ``ratio_table`` row's verdict text ("faster (1.8x, 95% CI 1.7-1.9x)"), or "not measured"."""
-    return str(table.loc[label, "text"]) if label in table.index else "not measured"
-
-
-def share_sentence(medians: pd.Series, total: float, what: str = "the total") -> str:
-    """Where the time goes, from per-stage medians: "`backbone` 61% of the total, then `roi_mask` 14%, ...";
-    shares under 5% are left out. Medians only: a share is a description, not a comparison with a verdict."""
-    shares = (medians / total).sort_values(ascending=False)
-    parts = [f"`{s}` {v * 100:.0f}%" for s, v in shares.items() if v >= 0.05]
-    return f"Of {what}: " + ", ".join(parts) + "." if parts else ""

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import synth
-from .coco import STATS, category_ids, coco_ap, to_coco_results
+from .. import synth
+from ..coco import STATS, category_ids, coco_ap, to_coco_results
 
 
 def data_table(ann_files: dict[str, Path]) -> pd.DataFrame:
@@ -157,9 +157,9 @@ VAL_SCALES = {"val": (1333, 800), "val_3840x2304": (3840, 2304)}
 def evaluate(splits: dict[str, Path], images: dict[str, int], device, keep: int = 3):
     """The stock pipeline of the trained model on the first ``images[split]`` images of each val split: one AP
     row per split, and the detections of the first ``keep`` images of ``val`` (the figure, the found share)."""
-    from .choices import STOCK
-    from .models import Workload, build_detector
-    from .pipeline import StagedPipeline
+    from ..choices import STOCK
+    from ..models import Workload, build_detector
+    from ..pipeline import StagedPipeline
 
     rows, kept = [], {}
     for split, scale in VAL_SCALES.items():
@@ -188,11 +188,11 @@ def figure(ann_file: Path, dets: dict, n: int):
 
 def evaluate_coco(checkpoint: str, folder: str, images: int, device) -> pd.DataFrame:
     """A real checkpoint's AP on the first ``images`` of COCO val2017 (a reader's own checkpoint and folder)."""
-    from .checks import coco_folder
-    from .choices import STOCK
-    from .coco import evaluate
-    from .models import build_detector
-    from .pipeline import StagedPipeline
+    from ..checks import coco_folder
+    from ..choices import STOCK
+    from ..coco import evaluate
+    from ..models import build_detector
+    from ..pipeline import StagedPipeline
 
     ann, img_dir = coco_folder(folder)
     model = build_detector("mask-rcnn_r50_fpn_1x_coco", checkpoint=checkpoint, device=str(device))

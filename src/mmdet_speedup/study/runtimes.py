@@ -21,14 +21,14 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from . import roofline, runtimes
-from .choices import STOCK, Choices
-from .equivalence import compare
-from .models import STUDY_SCALE, above_study_scale
-from .optimize import Reference
-from .pipeline import StagedPipeline, load_image
-from .profiler import Built
-from .stats import aa_of
+from .. import roofline, runtimes
+from ..choices import STOCK, Choices
+from ..equivalence import compare
+from ..models import STUDY_SCALE, above_study_scale
+from ..optimize import Reference
+from ..pipeline import StagedPipeline, load_image
+from ..profiler import Built
+from ..stats import aa_of
 
 BASE = "stock"
 AA = aa_of(BASE)
@@ -78,7 +78,7 @@ def deployed_rows(model, image, workdir: str | Path | None = None, *, bf16: bool
     that runs it. Returns the rows and the export (path, seconds, error). An export that fails turns every
     deployed row into an error row that says why. Without ``workdir`` the export (170 MB for Mask R-CNN) goes to
     a temporary folder removed when the process exits."""
-    from .deploy import DeployedModel, export_end2end
+    from ..deploy import DeployedModel, export_end2end
 
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="mmdeploy-")
@@ -114,11 +114,11 @@ def first_call_costs(built: Mapping[str, Any], export_s: float = 0.0) -> pd.Data
             if costs:
                 c = pd.DataFrame(costs)
                 out.append({"row": label, "conversions": len(c), "first-call s": float(c["seconds"].sum()),
-                            "rss growth MB": float(c["rss_growth_mb"].sum())})
+                            "RSS growth (MiB)": float(c["rss_growth_mb"].sum())})
         elif hasattr(run, "load_seconds"):
             out.append({"row": label, "conversions": 1, "first-call s": export_s + run.load_seconds,
-                        "rss growth MB": float("nan")})
-    return pd.DataFrame(out, columns=["row", "conversions", "first-call s", "rss growth MB"]).set_index("row")
+                        "RSS growth (MiB)": float("nan")})
+    return pd.DataFrame(out, columns=["row", "conversions", "first-call s", "RSS growth (MiB)"]).set_index("row")
 
 
 class DeployedPredictor:
@@ -139,15 +139,17 @@ class DeployedPredictor:
 
 
 def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per precision, the fastest staged row (median ``total``) against the fastest deployed row at the same
-    precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
+    """Per precision, the fastest staged row that pastes full-image masks (median ``total``; the deployed graphs'
+    output kind) against the fastest deployed row at the same precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
     as the baseline: above 1 the library is faster), held to the A/A floor of ``stock``. One case's profiler rows;
     empty where either side is missing."""
-    from . import stages as S
-    from .stats import aa_floor, ratio_table
+    from .. import stages as S
+    from ..stats import aa_floor, ratio_table
 
     floor = aa_floor(rows, BASE, AA)  # each verdict held to the sweep's noise floor, like every other
     ok = rows[(rows["status"] == "ok") & (rows["stage"] == S.TOTAL)]
+    if "masks" in ok:  # equal outputs: the deployed graphs paste full-image masks, so only staged `full` rows
+        ok = ok[ok["variant"].str.startswith(DEPLOYED_PREFIX) | (ok["masks"].astype(str) == "full")]
     med = ok.groupby(["variant", "precision"])["ms"].median().reset_index()
     med = med[~med["variant"].isin([AA])]
     out = []
@@ -179,7 +181,7 @@ def int8_pipeline(model, images: Sequence, device, choices: Choices = INT8_CHOIC
 def int8_versus(rows: pd.DataFrame, against: str = "ov bf16", row: str = INT8) -> pd.Series | None:
     """An int8 ``row`` against ``against`` on the converted stages (``CONVERTED``): ratio, interval and verdict,
     held to the A/A floor of ``stock`` on the same stages; None when either row is missing."""
-    from .stats import aa_floor, ratio_table
+    from ..stats import aa_floor, ratio_table
 
     ok = rows[rows["status"] == "ok"]
     if not {row, against} <= set(ok["variant"]):
@@ -194,9 +196,9 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     interleaved sweep of the staged and deployed rows, their first-call costs (table ``07_runtimes_first_call``)
     and their agreement with ``stock`` (``07_runtimes_equivalence``). Returns what the sweep traded (repeats),
     the export, the first-call table and the counted stages' FLOPs (``roofline.stage_flops``)."""
-    from .ladder import split_case
-    from .optimize import Predictor
-    from .profiler import repeats_sentence
+    from .cases import split_case
+    from ..optimize import Predictor
+    from .words import repeats_sentence
 
     size, scale = split_case(case)
     runtimes.clear_cache()  # the previous case's compiled graphs are never reused at another shape
@@ -228,6 +230,27 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     gc.collect()
     return {"traded": traded, "export": export, "first_call": first.set_index("row"), "left_out": left_out,
             "flops": flops}
+
+
+def findings(rows: pd.DataFrame, cases: Sequence[str], versus: Mapping[str, pd.DataFrame],
+             tp: pd.DataFrame) -> dict[str, Any]:
+    """07: every row against ``stock`` at the first case; the staged pipeline against the deployed model at equal
+    outputs; int8 on the converted stages; throughput mode against latency mode."""
+    from .words import Md, findings_markdown, table_findings
+    from ..stats import ratio_table
+
+    first = ratio_table(rows[rows["case"] == cases[0]], BASE, aa=AA)
+    int8 = {k: int8_versus(rows[rows["case"] == cases[0]], *a) for k, a in
+            {"rt_int8": ("ov bf16",), "rt_int8_auto": ("ov auto (bf16)", INT8_AUTO)}.items()}
+    return {"rt_findings": Md(table_findings(first, BASE, "end to end")),
+            "rt_versus": Md(findings_markdown(
+                f"at {case}, `{r['staged fastest']}` against `{r['deployed fastest']}` ({p}, both pasting full-image "
+                f"masks): {r['text']}" for case, v in versus.items() for p, r in v.iterrows())
+                or "No staged row with full-image masks ran beside a deployed row at the same precision.\n"),
+            "rt_throughput": Md(findings_markdown(
+                f"`{r['row']}` ({r['requests']} requests) against `{r['against']}`: {r['text']}"
+                for _, r in tp.iterrows())),
+            **{k: "not measured" if v is None else v["text"] for k, v in int8.items()}}
 
 
 def percent_of_peak(table: pd.DataFrame, rows: pd.DataFrame, flops: Mapping[str, float],
@@ -263,7 +286,7 @@ def left_out_sentence(left_out: Sequence[str]) -> str:
 def throughput_rows(onnx_path: str | Path, bf16: bool) -> dict[str, Built]:
     """The deployed graph in OpenVINO compiled for latency (one request in flight) and for throughput (OpenVINO's
     optimal number of requests in flight), at each precision the CPU runs."""
-    from .deploy import DeployedModel
+    from ..deploy import DeployedModel
 
     rows = {}
     for prec in ("fp32", "bf16") if bf16 else ("fp32",):
@@ -278,11 +301,11 @@ def run_throughput(ch, case: str, export: Mapping[str, Any], bf16: bool, n_strea
     """Images per second of ``throughput_rows`` over a stream of ``n_stream`` images at the case's input size
     (the sample photos, repeated to length), interleaved passes, recorded as ``<chapter>_throughput``; each
     throughput row against the latency row of its precision (``stats.ratio_table`` on ms per image)."""
-    from .book import recorder
-    from .deploy import throughput
-    from .ladder import split_case
-    from .profiler import Profiler, repeats_sentence
-    from .stats import ratio_table
+    from ..book import recorder
+    from ..deploy import throughput
+    from .cases import split_case
+    from .words import repeats_sentence
+    from ..stats import ratio_table
 
     if not export.get("path"):
         return pd.DataFrame()

@@ -1,0 +1,138 @@
+"""The words of the study: verdicts as sentences, findings as Markdown, and the glue that puts them on a page.
+
+Every sentence a chapter prints about a measurement is built here or in its chapter module from a verdict
+(``stats.verdict``) and the rows it was read from; the pages' own prose carries no comparative word.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..stats import (FASTER, FLOOR, NO_DIFFERENCE, SLOWER, Best, Verdict, aa_of, row_interval)
+
+
+class Md(str):
+    """Text a chapter glues as Markdown."""
+
+
+def glue_all(values: Mapping[str, Any]) -> None:
+    """Glue every value: :class:`Md` as Markdown, the rest as text (``book.glue``)."""
+    from ..book import glue
+
+    for name, value in values.items():
+        glue_markdown(name, value) if isinstance(value, Md) else glue(name, value)
+
+
+def tied_text(best: Best, what: str = "") -> str:
+    """A ranking in words: "`a` is the fastest" only where its lead clears the floor, else who it is tied with."""
+    of = f" ({what})" if what else ""
+    if best.clear:
+        return f"`{best.label}` is the fastest{of}, its lead over every other row clearing the floor"
+    others = ", ".join(f"`{t}`" for t in best.tied)
+    return (f"no row is the fastest{of}: `{best.lowest}` has the lowest median, tied with {others} "
+            "(their pairwise interval does not clear the floor)")
+
+
+def takeaway(name: str, v: Verdict, baseline: str, what: str = "") -> str:
+    """One sentence from a verdict: "`+precision` against `stock`: faster (1.8x, 95% CI 1.7-1.9x)."
+
+    ``what`` names the measured quantity when it is not the total ("backbone + neck").
+    """
+    of = f", {what}" if what else ""
+    return f"`{name}` against `{baseline}`{of}: {v.text}."
+
+
+def findings_markdown(items: Iterable[str]) -> str:
+    """A Markdown bullet list, one finding per item (empty string for no items)."""
+    return "".join(f"- {s}\n" for s in items)
+
+
+class _Markdown:
+    """Markdown that also renders as HTML: ``{glue:md}`` reads ``text/markdown`` on its own page, and another page
+    pasting it (``{glue:any}`` with ``:doc:``, the landing page) gets ``text/html`` (myst-nb's cross-page glue
+    renders no Markdown)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, str]:
+        from markdown_it import MarkdownIt
+
+        return {"text/markdown": self.text, "text/html": MarkdownIt().render(self.text), "text/plain": self.text}
+
+
+def glue_markdown(name: str, text: str) -> None:
+    """Glue ``text`` as Markdown (and HTML, for pasting on another page), so ``{glue:md}`name``` renders it.
+
+    ``{glue:md}`` reads the ``text/markdown`` entry of the glued object's mimebundle: a plain string would give
+    only ``text/plain``. Not displayed in the cell.
+    """
+    from myst_nb import glue
+
+    glue(name, _Markdown(text), display=False)
+
+
+def floor_finding(table: pd.DataFrame, baseline: str, what: str = "") -> str:
+    """The A/A row of a ``ratio_table`` in words: the sweep's noise floor, which every verdict beside it is held
+    to ("" when the table has no A/A row)."""
+    aa = aa_of(baseline)
+    if aa not in table.index:
+        return ""
+    iv = row_interval(table.loc[aa])
+    of = f", {what}" if what else ""
+    return f"`{aa}` against `{baseline}`{of}: {_ratio(iv)}, the noise floor every verdict of this sweep is held to."
+
+
+def _ratio(iv) -> str:
+    from ..stats import _x
+    return f"{_x(iv.ratio)}x ({iv.spread()})"
+
+
+def table_findings(table: pd.DataFrame, baseline: str, what: str = "") -> str:
+    """A ``ratio_table``'s rows, all but the baseline's, as Markdown findings (``takeaway`` each)."""
+    return findings_markdown(
+        takeaway(str(label), Verdict(r["verdict"], row_interval(r)), baseline, what) if r["verdict"] != FLOOR
+        else f"`{label}` against `{baseline}`{f', {what}' if what else ''}: {r['text']}."
+        for label, r in table.iterrows() if label != baseline)
+
+
+def verdict_summary(table: pd.DataFrame, baseline: str, what: str = "", skip: Sequence[str] = ()) -> str:
+    """One sentence grouping a ``ratio_table``'s rows by verdict against ``baseline``, each with its ratio and
+    interval: "Against `stock` (pre-processing): faster: `device` (1.4x, 95% CI ...); no measurable difference:
+    `auto` (...)." A group with no rows is left out; rows in ``skip`` (an A/A row) too."""
+    rows = table.drop(index=[baseline, *skip], errors="ignore")
+    rows = rows[rows["verdict"] != FLOOR]
+    groups = []
+    for word in (FASTER, NO_DIFFERENCE, SLOWER):
+        picked = rows[rows["verdict"] == word]
+        if len(picked):
+            items = ", ".join(f"`{label}` ({r['text'].split('(', 1)[1]}" for label, r in picked.iterrows())
+            groups.append(f"{word}: {items}")
+    of = f" ({what})" if what else ""
+    return f"Against `{baseline}`{of}, " + "; ".join(groups) + "." if groups else ""
+
+
+def verdict_of(table: pd.DataFrame, label: str) -> str:
+    """A ``ratio_table`` row's verdict text ("faster (1.8x, 95% CI 1.7-1.9x)"), or "not measured"."""
+    return str(table.loc[label, "text"]) if label in table.index else "not measured"
+
+
+def share_sentence(medians: pd.Series, total: float, what: str = "the total") -> str:
+    """Where the time goes, from per-stage medians: "`backbone` 61% of the total, then `roi_mask` 14%, ...";
+    shares under 5% are left out. Medians only: a share is a description, not a comparison with a verdict."""
+    shares = (medians / total).sort_values(ascending=False)
+    parts = [f"`{s}` {v * 100:.0f}%" for s, v in shares.items() if v >= 0.05]
+    return f"Of {what}: " + ", ".join(parts) + "." if parts else ""
+
+
+def repeats_sentence(info: Mapping | None) -> str:
+    """What a sweep traded, in words, from ``df.attrs["repeats"]`` (or ``Profiler.last_repeats``)."""
+    if not info:
+        return ""
+    n, lo, hi = info["n"], info["min"], info["max"]
+    if lo == hi:
+        return f"{n} interleaved repeats"
+    why = {"narrow": "stopped because every interval was already narrow",
+           "budget": "stopped at the sweep's time budget", "max": "the most it allows"}[info["stopped"]]
+    return f"{n} interleaved repeats (allowed {lo} to {hi}; {why})"
