@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # Pre-processing and normalization
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`pre_headline`
+
+# %% [markdown] tags=["method"]
 # The seed's first finding: in mmdet 2.x the CPU resized, normalized and padded every image in float32 and
 # copied four bytes per pixel to the GPU, 13.45 ms of a 72.3 ms inference at 1333x800 and 128.4 ms of
 # 569.9 ms at 3840x2304 on an RTX 3080 (published figures). mmdet 3.3 already moved normalize and pad into

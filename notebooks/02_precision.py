@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # Reduced precision
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`prec_headline`
+
+# %% [markdown] tags=["method"]
 # The seed ran the model under fp16 on an RTX 3080's TensorCores: its backbone went from 24.87 ms to
 # 15.98 ms at 1333x800 (published figures). A CPU's counterpart is bf16 on its matrix engine: AMX tiles on
 # Intel Sapphire Rapids, AVX-512 BF16 on AMD Zen 4. This run's hardware has {glue:text}`prec_engine`. The

@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # Mask post-processing: full-image paste versus raw or box-local masks
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`mask_headline`
+
+# %% [markdown] tags=["method"]
 # Mask R-CNN's mask head predicts a 28x28 probability map per detection (14x14 on C4 models). Turning it
 # into an image-sized binary mask ("paste") costs time and memory proportional to *image area times
 # detections*: the seed measured 15.7 ms at 1333x800 and 173.7 ms at 3840x2304 on an RTX 3080, and

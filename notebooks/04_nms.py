@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # NMS: Detectron's C4 versus FPN question, answered by measurement
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`nms_headline`
+
+# %% [markdown] tags=["method"]
 # A Detectron issue asked why the C4 RPN is slower than FPN when FPN does more convolution. The answer
 # given: NMS is O(n^2), and C4 runs it over 12000 pre-NMS proposals on one level while FPN runs it over at
 # most 2000 per level. mmdet does it differently from Detectron:

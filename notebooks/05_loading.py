@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # Loading and compute overlap
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`load_headline`
+
+# %% [markdown] tags=["method"]
 # mmdet's inference is serial: read and pre-process an image, then run the model, then the next image. The
 # seed article's first trick: decode and pre-process the next images in a background thread (on CUDA in its
 # own stream) into a bounded queue, so the model never waits; on a V100 it took Faster R-CNN from 46 to 35 ms

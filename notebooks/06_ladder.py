@@ -10,11 +10,16 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # The end-to-end ladder
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`lad_headline`
+
+# %% [markdown] tags=["method"]
 # The seed's table, rebuilt: each rung adds one optimization to the best path below it, per stage, with the
-# speed-up against `stock` (mmdet 3.3's `test_step`, the baseline for every ratio) and its 95% interval, the
+# speed-up against `stock` (mmdet 3.3's `test_step`, the baseline for every ratio) and its interval, the
 # workload each row ran, and its agreement with `stock`. A rung is kept only if a pilot finds it faster than
 # the rung it was built on by the verdict rule of the method page, held to the pilot's own A/A floor; a rung that
 # is not stays in the table, marked, and the rungs above build on the rung below it. Each pilot is a short

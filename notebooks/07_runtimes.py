@@ -10,9 +10,14 @@
 #     name: python3
 # ---
 
-# %% [markdown] tags=["method"]
+# %% [markdown]
 # # Runtimes: what a CPU user would pick instead
 #
+# **In short** (generated from this run's rows; the method follows):
+#
+# {glue:md}`rt_versus`
+
+# %% [markdown] tags=["method"]
 # Someone deploying Mask R-CNN on a CPU will ask: should I just export the model to ONNX Runtime or OpenVINO?
 # This chapter answers with one interleaved sweep per case, every row on the same model, weights, image and
 # workload, against `stock` (mmdet as shipped) and held to the `stock (A/A)` noise floor. Two kinds of rows:

@@ -37,6 +37,9 @@ HEADLINES = {
     "07_runtimes": ("Runtimes: the staged pipeline against the whole model deployed", "rt_versus"),
 }
 CHART = ("06_ladder", "lad_chart")
+#: chapter -> glue keys pasted under its headline: per case the milliseconds and the ratio, then what to do
+TABLES = {"06_ladder": (("Per case, on the machine named above:", "lad_cases"),
+                        ("What to do on this machine, rung by rung:", "lad_todo"))}
 
 
 def glued(notebook: Path) -> dict[str, dict]:
@@ -78,10 +81,10 @@ def render(executed: Path, results: Path, current: str, out: Path) -> str:
         "# mmdet-speedup: where Mask R-CNN's milliseconds go, and what to do about them", "",
         "An executable performance study of MMDetection's Mask R-CNN at inference, and the small library it "
         "measures. Each line below is pasted from the chapter it names, where it is generated from that "
-        "chapter's recorded rows: a speed-up is a ratio of medians with its 95% bootstrap interval over "
-        "interleaved repeats, and a verdict is held to the A/A noise floor of its own sweep. The weights are "
-        "seeded and conditioned, not trained: agreement figures say whether an optimization changes the "
-        "computation, not what it does to mAP.", "",
+        "chapter's recorded rows: a speed-up is a ratio of medians with its interval over interleaved repeats, "
+        "and a verdict follows the method page's rule, held to the A/A noise floor of its own sweep. The "
+        "chapters' committed runs used seeded, conditioned weights: their agreement figures say whether an "
+        "optimization changes the computation, not what it does to AP.", "",
         f"Machine of the ladder's run: {machine(load_env(results, ladder_run)) if ladder_run else 'no run yet'}. "
         "Every run, with its commit and how to repeat it, is on the [results page](results.md); the study's "
         "method is on the [method page](method.md) and its sources on the [about page](intro.md).", "",
@@ -93,6 +96,9 @@ def render(executed: Path, results: Path, current: str, out: Path) -> str:
         # a headline glued before glue_markdown added HTML would paste as its repr: treat it as missing
         has = "text/html" in keys[chapter].get(key, {})
         lines += [*(paste(chapter, key) if has else missing(chapter, executed, results, current)), ""]
+        for intro, extra in TABLES.get(chapter, ()):
+            if "text/html" in keys[chapter].get(extra, {}):
+                lines += [intro, "", *paste(chapter, extra), ""]
         if "text/html" in glued(executed.parent / CUDA / f"{chapter}.ipynb").get(key, {}):  # make book DEVICE=cuda
             lines += ["On the GPU ([the chapter's GPU run](executed-cuda/" + f"{chapter}.ipynb)):", "",
                       *paste(chapter, key, CUDA), ""]

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from mmdet_speedup.nms import (IMPLEMENTATIONS, NMS_COLUMNS, BoxSet, clustered_boxes, crossover, fit_slope,
-                               nms_mmcv_batched, random_idxs, recall, sweep, topk_recall, uniform_boxes)
+from mmdet_speedup.nms import (IMPLEMENTATIONS, NMS_COLUMNS, BoxSet, clustered_boxes, nms_mmcv_batched, random_idxs,
+                               recall, sweep, topk_recall, uniform_boxes)
+from mmdet_speedup.study.nms import crossover, fit_slope
 
 W, H = 1333, 800
 BATCHED = ("offset", "per_class", "torchvision_batched", "mmcv_batched")
@@ -238,7 +239,7 @@ def test_sweep_unknown_box_set():
 def _synthetic(ns, impls_ms, seed=0):
     rng = np.random.default_rng(seed)
     rows = [{"implementation": name, "box_set": "uniform", "n": n, "ms": f(n) * rng.lognormal(0, 0.05),
-             "status": "ok"} for name, f in impls_ms.items() for n in ns for _ in range(5)]
+             "status": "ok", "repeat": r} for name, f in impls_ms.items() for n in ns for r in range(5)]
     return pd.DataFrame(rows)
 
 
@@ -263,7 +264,7 @@ def test_crossover():
     # offset: 1, 4, 16, 64, ... ; per_class: 21, 22, 24, 28, ...: per_class wins from 800 on
     assert crossover(df) == 800
     assert crossover(df, a="per_class", b="offset") is None
-    # a single noisy win at small n does not move the switch point
+    # a win at small n does not move the switch point
     df.loc[(df.implementation == "per_class") & (df.n == 100), "ms"] = 0.1
     assert crossover(df) == 800
     assert crossover(df, box_set="clustered") is None

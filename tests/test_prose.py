@@ -28,11 +28,11 @@ METHOD_TAG = "method"
 
 
 def markdown_cells(path: Path) -> list[tuple[int, str, bool]]:
-    """(first line, text, marked as method) of each markdown cell; a ``.md`` page is one cell, marked method
-    as a whole only by a ``% method`` comment line at its top."""
+    """(first line, text, marked as method) of each markdown cell; a ``.md`` page is read block by block (a
+    paragraph, a list item, a table row), each marked method only by its own ``<!-- method -->`` comment."""
     text = path.read_text()
     if path.suffix == ".md":
-        return [(1, text, text.lstrip().startswith("% method"))]
+        return md_blocks(text)
     cells, current = [], None
     for no, line in enumerate(text.splitlines(), 1):
         if line.startswith("# %%"):
@@ -43,6 +43,21 @@ def markdown_cells(path: Path) -> list[tuple[int, str, bool]]:
         elif current is not None:
             current[1].append(line[2:] if line.startswith("# ") else line.lstrip("#"))
     return [(no, "\n".join(lines), method) for no, lines, method in cells]
+
+
+def md_blocks(text: str) -> list[tuple[int, str, bool]]:
+    """A Markdown page's blocks: (first line, text, marked ``<!-- method -->``); code fences are one block."""
+    blocks, current, fence = [], None, False
+    for no, line in enumerate(text.splitlines(), 1):
+        starts = line.startswith(("- ", "* ", "| ")) or not line.strip() or line.startswith("#")
+        if line.startswith("```"):
+            fence = not fence
+        if current is None or (starts and not fence):
+            current = [no, []]
+            blocks.append(current)
+        current[1].append(line)
+    return [(no, "\n".join(lines), "<!-- method -->" in "\n".join(lines)) for no, lines in blocks
+            if "".join(lines).strip()]
 
 
 def outcome_words(text: str) -> list[str]:
@@ -64,6 +79,14 @@ def test_outcome_words_found_outside_generated_text():
     assert outcome_words("## The most expensive stage\nplain text") == []
     assert outcome_words("the ratio ($a$ over the lowest $b$)") == ["lowest"]
     assert outcome_words("Faster R-CNN at box boundaries; the lower bound") == ["lower", "bound"]
+
+
+def test_a_page_is_held_block_by_block(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# Title\n\nA faster path. <!-- method -->\n\n- one item is faster\n- a plain item\n")
+    cells = markdown_cells(page)
+    assert [(m, outcome_words(t)) for _, t, m in cells] == [
+        (False, []), (True, ["faster"]), (False, ["faster"]), (False, [])]
 
 
 def test_markdown_cells_read_the_method_tag(tmp_path):

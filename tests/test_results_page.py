@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mmdet_speedup.study import ledger
 from tests.support import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ def test_the_study_page_names_every_run_its_notebooks_print(tmp_path):
         assert f"[{chapter}](executed/{chapter}.ipynb)" in text
         if chapter in status:
             assert status[chapter]["run_id"] in text
-        for rid in results_page.output_run_ids(executed / f"{chapter}.ipynb"):
+        for rid in ledger.output_run_ids(executed / f"{chapter}.ipynb"):
             assert f"### `{rid}`" in text, (chapter, rid)
 
 

@@ -320,6 +320,23 @@ def _whole(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: Columns in milliseconds besides the stages themselves.
+MS_COLUMNS = ("total + rle", "median", "p10", "p90", "pre_ms", "pre_cpu_ms", "load_ms", "together", "floor_ms",
+              "sum_of_stages")
+
+
+def with_units(df: pd.DataFrame) -> pd.DataFrame:
+    """Headers with their unit: a stage (or another column in ms) reads ``backbone (ms)``; ``path ms`` reads
+    ``path (ms)``."""
+    def unit(c):
+        if not isinstance(c, str) or c.endswith(")"):
+            return c
+        if c in S.ALL or c in MS_COLUMNS:
+            return f"{c.removesuffix('_ms')} (ms)"
+        return f"{c[:-3]} (ms)" if c.endswith(" ms") else c
+    return df.rename(columns=unit)
+
+
 def show_table(df: pd.DataFrame, digits: int = 1, columns: Sequence[str] | None = None, full: str = ""):
     """Display rounded, never wrapped (a wrapped text table changes shape with the width of its numbers).
 
@@ -330,9 +347,9 @@ def show_table(df: pd.DataFrame, digits: int = 1, columns: Sequence[str] | None 
 
     shown = df if columns is None else df[[c for c in columns if c in df.columns]]
     with pd.option_context("display.width", 10_000, "display.max_columns", None, "display.max_colwidth", 80):
-        display(_whole(shown.round(digits)))
+        display(with_units(_whole(shown.round(digits))))
         if columns is not None:
-            html = _whole(df.round(digits)).to_html()
+            html = with_units(_whole(df.round(digits))).to_html()
             display(HTML(f"<details><summary>{full or f'All {df.shape[1]} columns'}</summary>"
                          f"<div style=\"overflow-x:auto\">{html}</div></details>"))
 

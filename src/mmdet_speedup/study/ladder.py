@@ -24,7 +24,7 @@ from ..pipeline import StagedPipeline
 from ..project import reference_dir, seed_figures
 from ..stats import EXACT, FASTER, PRESERVES, Verdict, best_of, ratio_table, row_interval, verdict
 from .cases import AA, BASE, case_tables, split_case  # noqa: F401  (split_case: the chapter's cases)
-from .words import Md, findings_markdown, share_sentence, takeaway, tied_text, verdict_of
+from .words import Md, findings_markdown, md_table, share_sentence, takeaway, tied_text, verdict_of
 
 LEGACY = "legacy"
 COMPILE = "+compile"
@@ -306,6 +306,47 @@ def seed_comparison(tables: Mapping[str, pd.DataFrame], first: str, last: str, s
 
 
 # -- what the chapter says ---------------------------------------------------------------------------------------
+#: What each rung's lever needs from the machine or the consumer: a reader checks these before copying a choice.
+DEPENDS_ON = {
+    "+precision": "bf16 matrix instructions (AVX-512 BF16 or AMX; fp16 TensorCores on a GPU); without them the "
+                  "reduced precision is emulated",
+    "+auto preprocess": "nothing: the pick is measured on the machine, per input shape",
+    "+raw masks": "a consumer that takes 28x28 mask probabilities and boxes instead of full-image masks",
+    "+torchvision RoIAlign": "torchvision's CPU kernel",
+    "+threaded RoIAlign": "more than one core",
+    "+fold BN": "nothing",
+    "+bf16 weights": "bf16 matrix instructions (AVX-512 BF16 or AMX)",
+    "+fp16 weights": "fp16 TensorCores",
+    "+compile": "a C++ compiler at run time (TorchInductor), and its compile time per input shape",
+    "+OpenVINO": "OpenVINO's CPU plugin (bf16 where the CPU has AVX-512 BF16 or AMX)",
+}
+
+
+def cases_table(lad: Ladder, rows: pd.DataFrame, cases: Sequence[str]) -> pd.DataFrame:
+    """Per case: ``stock``'s and the path's ms per image (the statistic the ratio is read from), and the path
+    against ``stock`` with its interval and verdict."""
+    out = {}
+    for case in cases:
+        t = ratio_table(main_rows(rows[rows["case"] == case]), BASE, aa=AA)
+        out[case] = {"stock (ms per image)": f"{t.loc[BASE, 'median ms']:.0f}",
+                     f"`{lad.path}` (ms per image)": f"{t.loc[lad.path, 'median ms']:.0f}",
+                     "against stock": t.loc[lad.path, "text"]}
+    df = pd.DataFrame(out).T
+    df.index.name = "case (input > model scale)"
+    return df
+
+
+def todo_table(lad: Ladder, rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """What to do on this machine, from one case's verdicts: each rung against the rung it was built on, whether
+    the path kept it, what its agreement check found, and what the lever depends on."""
+    v = lad.verdicts(rows)
+    df = pd.DataFrame({"against the rung below": v["vs the rung below"], "on the path": v["kept"].map(
+        {True: "yes", False: "no"}), "results": table["results"].reindex(v.index).replace("", "not checked"),
+        "depends on": [DEPENDS_ON.get(r, "") for r in v.index]})
+    df.index.name = "rung"
+    return df
+
+
 def climb_findings(lad: Ladder, rows: pd.DataFrame) -> str:
     """One case's climb in words (Markdown): each rung against the rung it was built on in the full sweep, and the
     pilot's recorded verdict that decided whether the path kept it."""
@@ -361,7 +402,9 @@ def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]
                     f"`{lad.fewer}` (a sweep of its own) against `{path}`: "
                     f"{verdict_of(ratio_table(fewer[fewer['variant'].isin([path, lad.fewer])], path, floor=floor), lad.fewer)}"
                     f", with {t.loc[lad.fewer, 'matched_ref']:.2f} of `stock`'s detections matched.")
-    first = main_rows(rows[rows["case"] == next(iter(tables))])
+    case0 = next(iter(tables))
+    first = main_rows(rows[rows["case"] == case0])
     return {"lad_headline": Md(findings_markdown(head)), "lad_more": Md(findings_markdown(tail)),
             "lad_findings": Md(climb_findings(lad, first)), "lad_repeats": "; ".join(f"{c}: {r}" for c, r in repeats.items()),
-            "lad_path": path}
+            "lad_path": path, "lad_cases": Md(md_table(cases_table(lad, rows, list(tables)))),
+            "lad_todo": Md(f"At {case0}:\n\n" + md_table(todo_table(lad, first, tables[case0])))}

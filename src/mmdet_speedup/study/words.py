@@ -136,3 +136,11 @@ def repeats_sentence(info: Mapping | None) -> str:
     why = {"narrow": "stopped because every interval was already narrow",
            "budget": "stopped at the sweep's time budget", "max": "the most it allows"}[info["stopped"]]
     return f"{n} interleaved repeats (allowed {lo} to {hi}; {why})"
+
+
+def md_table(df: pd.DataFrame, index: str | None = None) -> str:
+    """A small table as Markdown (for glue that another page pastes), the index as the first column."""
+    cols = [index or df.index.name or "", *map(str, df.columns)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in (i, *r)) + " |" for i, r in zip(df.index, df.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
