@@ -102,8 +102,8 @@ ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 # %% [markdown]
 # ## What to take away
 #
-# Each path against `stock`, `preprocess + data_preprocessor` per image, with 95% bootstrap intervals over
-# repeats (with fewer than 3 repeats there is no verdict):
+# Each path against `stock`, `preprocess + data_preprocessor` per image, with its interval over repeats and
+# the verdict by the method page's rule (with fewer than 3 repeats there is no verdict):
 #
 # {glue:md}`pre_findings`
 #

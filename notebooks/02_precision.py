@@ -82,8 +82,8 @@ _ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, r
 
 # %% [markdown] tags=["method"]
 # `fp32 (A/A)` is `fp32` run a second time in the same sweep: the interval of its ratio is this run's noise
-# floor, and a verdict inside it is "no measurable difference". The second table gives each row's backbone +
-# neck speed-up over `fp32` with its 95% bootstrap interval (paired by repeat) and verdict.
+# floor, which every verdict must clear (the method page's rule). The second table gives each row's backbone +
+# neck speed-up over `fp32` with its interval (paired by repeat) and verdict.
 #
 # ## How far from the machine's limit
 # FLOPs counted for this model and input (`torch.utils.flop_counter`: backbone, neck, RPN head), over the

@@ -70,7 +70,7 @@ for n in dets_list:
 
 # %% [markdown]
 # The rows, summarized by `masks.sweep_summary`: medians per input size, detections and variant (over images
-# and repeats) of each stage's ms, of the MB the results hold (their `nbytes()`) and of the detections out.
+# and repeats) of each stage's ms, of the MiB the results hold (their `nbytes()`) and of the detections out.
 # Below, `mask_postprocess` against image area and against detections, and the memory held against image area
 # (`full` and `legacy` both hold N x H x W booleans: their memory lines coincide).
 
@@ -102,16 +102,16 @@ ch.glue(mask_big=big, mask_dets=dets_for_sizes, mask_seed_4k=seed.loc["3840x2304
 # %% [markdown]
 # ## What to take away
 #
-# At {glue:text}`mask_big` with {glue:text}`mask_dets` detections, with 95% bootstrap intervals over repeats
-# (with fewer than 3 repeats there is no verdict), each verdict held to the A/A row's interval (`full` profiled a
+# At {glue:text}`mask_big` with {glue:text}`mask_dets` detections, with intervals over repeats (with fewer
+# than 3 repeats there is no verdict), each verdict held to the A/A row's interval (`full` profiled a
 # second time in the same sweep; the last line):
 #
 # {glue:md}`mask_findings`
 #
 # - The seed measured {glue:text}`mask_seed_4k:.0f`x for raw masks against mmdet 2.x's paste at 3840x2304 on
 #   its GPU (published figure; its baseline is our `legacy`).
-# - Memory the results hold per image here: full masks {glue:text}`mask_mem_full_mb:.0f` MB, box-local ones
-#   {glue:text}`mask_mem_box_mb:.1f` MB, raw ones {glue:text}`mask_mem_raw_mb:.2f` MB.
+# - Memory the results hold per image here: full masks {glue:text}`mask_mem_full_mb:.0f` MiB, box-local ones
+#   {glue:text}`mask_mem_box_mb:.1f` MiB, raw ones {glue:text}`mask_mem_raw_mb:.2f` MiB.
 # - `raw` moves the cost of the paste to whoever asks for it: the RLE row above is that bill (the lazy masks
 #   encode RLE from the box-local paste and never build an image-sized array). A consumer that needs boxes
 #   and scores only (tracking, counting) never pays it.

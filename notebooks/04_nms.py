@@ -23,9 +23,9 @@
 # most 2000 per level. mmdet does it differently from Detectron:
 #
 # - its C4 test config keeps `nms_pre=6000` on the one level, then `max_per_img=1000` proposals;
-# - its FPN RPN takes the top 1000 *per level* and runs **one** batched NMS over all levels (about 5,000
-#   boxes at 1333x800) with the coordinate-offset trick (each level's boxes shifted so they cannot overlap
-#   another level's), not one NMS per level.
+# - its FPN RPN takes the top 1000 *per level* and makes **one** batched NMS call over all levels (about 5,000
+#   boxes at 1333x800) with the coordinate-offset trick: each level's boxes are shifted so they cannot overlap
+#   another level's, so a box suppresses only boxes of its own level, in one call instead of one per level.
 #
 # This chapter measures the NMS kernels on synthetic boxes, then both architectures per stage, then sweeps
 # the pre-NMS count up to Detectron's 12000.
@@ -155,9 +155,10 @@ words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_gro
 #
 # {glue:md}`nms_kernels`
 #
-# C4 against FPN per part, FPN as the baseline (a ratio under 1 means C4 takes longer), with 95% bootstrap
-# intervals over repeats (with fewer than 3 repeats there is no verdict), held to the A/A row's interval
-# (`Faster FPN` profiled again in a sweep of its own, as each configuration is; the last line):
+# C4 against FPN per part, FPN as the baseline (a ratio under 1 means C4 takes longer), with intervals over
+# repeats (with fewer than 3 repeats there is no verdict), held to the A/A row's interval (`Faster FPN`
+# profiled again in a sweep of its own, as each configuration is; the last line). Each configuration ran in a
+# sweep of its own, so these comparisons are unpaired:
 #
 # {glue:md}`nms_arch`
 #

@@ -79,8 +79,8 @@ words.glue_all(loading.findings(ch.rows(), summary))
 # %% [markdown]
 # ## What to take away
 #
-# Each reader against `serial`, per model scale, with 95% bootstrap intervals over passes (with fewer than 3
-# passes there is no verdict), held to the A/A row's interval (`serial` timed a second time in the same sweep):
+# Each reader against `serial`, per model scale, with intervals over passes (with fewer than 3 passes there
+# is no verdict), held to the A/A row's interval (`serial` timed a second time in the same sweep):
 #
 # {glue:md}`load_findings`
 

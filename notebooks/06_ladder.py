@@ -42,8 +42,9 @@
 # | `+OpenVINO` | CPU: backbone, neck, RPN head and the RoI heads' convolutions and linears in OpenVINO at the study's precision (chapter 07); the torch-only levers (channels_last, compile, bf16 weights) go; the `runtime` column says where each row ran |
 # | `+300 proposals` | **changes results**: the path's choices on a model whose RPN keeps fewer proposals, in a sweep of its own (compared unpaired) |
 #
-# The cases are the `cases` parameter (input size > model scale); the study runs a 1333x800 input at 1333x800 and
-# the seed's case of running the model at 3840x2304. Up to 1333x800 every row gets exactly `repeats` interleaved
+# The cases are the `cases` parameter, each `<input size>><model scale>`: the photo's size, then the size the
+# model's test pipeline resizes it to (`3840x2304>1333x800` is a 3840x2304 photo resized to 1333x800). The study
+# runs a 1333x800 input at 1333x800 and the seed's case of running the model at 3840x2304. Up to 1333x800 every row gets exactly `repeats` interleaved
 # passes; above it at least 3, fewer than `repeats` only where every interval is already narrow or the sweep
 # reaches `sweep_budget_s` (what each case got: {glue:text}`lad_repeats`).
 #
@@ -134,8 +135,9 @@ _ = book.profile_figure({case: (t, vs_stock[case]) for case, t in tables.items()
 # Two bounds per stage of the path, at each case, from this run's rows only: (a) the least median cost any row of
 # this case's sweep measured for the stage, among `stock` and the rows whose agreement check found them exact or
 # preserving results at the study's workload (`best row` names it; the two pre-processing halves come from one
-# row); (b) the roofline floor, the larger of the stage's counted FLOPs over this machine's matmul peak for the
-# path's dtype and the bytes it must move over the measured copy bandwidth (`roofline.stage_bytes`; FLOPs are
+# row); (b) the roofline floor, the larger of the stage's counted FLOPs over this machine's peak for the path's
+# dtype (the highest of a matrix multiply and a convolution, each timed in this run) and the bytes it must move
+# over the measured copy bandwidth (`roofline.stage_bytes`; FLOPs are
 # counted for backbone, neck, RPN head and the RoI heads). `% of roof` is the floor over the path's time; where a
 # measured row reaches or beats a floor (`beaten`), the peak is not what those kernels reach, and bound (b) is
 # withheld (NaN). The speed-up bounds sum the stages on both sides.

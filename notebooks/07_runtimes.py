@@ -20,7 +20,9 @@
 # %% [markdown] tags=["method"]
 # Someone deploying Mask R-CNN on a CPU will ask: should I just export the model to ONNX Runtime or OpenVINO?
 # This chapter answers with one interleaved sweep per case, every row on the same model, weights, image and
-# workload, against `stock` (mmdet as shipped) and held to the `stock (A/A)` noise floor. Two kinds of rows:
+# workload, against `stock` (mmdet as shipped) and held to the `stock (A/A)` noise floor. A case reads
+# `<input size>><model scale>`: `3840x2304>1333x800` is a 3840x2304 photo run through a model whose test
+# pipeline resizes it to 1333x800; `3840x2304>3840x2304` runs the model at the photo's own size. Two kinds of rows:
 #
 # | rows | what runs |
 # |---|---|
@@ -65,8 +67,9 @@ done = {case: peers.run_case(ch, case, STAGED, bf16) for case in cases}
 
 # %% [markdown] tags=["method"]
 # ## Side by side
-# Median ms per image per stage, the speed-up against `stock` with its 95% interval over `n` repeats (bootstrap,
-# paired by repeat) and verdict held to the A/A floor, and agreement with `stock` on the same image: detections
+# Median ms per image per stage, the speed-up against `stock` with its interval over `n` repeats (paired by
+# repeat; the method page says when it is a 95% bootstrap interval and when a range) and verdict held to the A/A
+# floor, and agreement with `stock` on the same image: detections
 # matched both ways, box and mask IoU, and what that makes the row under the study's rule (exact, preserves
 # results, changes results). Random weights: agreement, not mAP.
 
@@ -88,12 +91,12 @@ _ = book.profile_figure({case: (t, stats.ratio_table(rows[rows["case"] == case],
 # %% [markdown] tags=["method"]
 # ## How far from the machine's limit
 # The counted stages (backbone, neck, RPN head: `torch.utils.flop_counter`'s FLOPs for this model and input) of
-# each row, as a percentage of this machine's matrix-multiply peak for the dtype the row computes in (fp32, bf16
-# or int8), measured by a micro-benchmark in this run and kept in its environment record. The deployed graphs
-# have no per-stage times and are left out. A runtime's own graph may fuse or skip work the counter sees, so a
-# percentage is the counted work over the time, not a utilisation counter. The peak is torch's own 2048x2048
-# matrix multiply, not the vendor's figure: a runtime whose convolution kernels outrun it, or that computes the
-# counted convolutions in fewer operations (Winograd), reads above 100%.
+# each row, as a percentage of this machine's peak for the dtype the row computes in (fp32, bf16 or int8),
+# measured by micro-benchmarks in this run and kept in its environment record: the highest of torch's 2048x2048
+# matrix multiply and a 3x3 convolution timed in torch and in OpenVINO (`roofline.measure_peaks`), not the
+# vendor's figure. The deployed graphs have no per-stage times and are left out. A runtime's own graph may fuse
+# or skip work the counter sees, so a percentage is the counted work over the time, not a utilisation counter; a
+# runtime that computes the counted convolutions in fewer operations (Winograd) can read above 100%.
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 peaks = roofline.measure_peaks(ch.device.type)
@@ -149,8 +152,9 @@ words.glue_all(peers.findings(rows, cases, versus, tp))
 # 1.3.1 pins `protobuf<=3.20.2`, which onnx 1.23 cannot use, so it installs `--no-deps`
 # (`scripts/setup_mmdeploy.sh`); on torch 2.14 its export needs two shims (`dynamo=False`, a restored
 # `_cast_Long`); a static export fixes the input shape, and its graph differs from mmdet's test path by design
-# (one RPN NMS over all levels, zero-size proposals kept, one box per RoI: `deploy.py` lists them), which is
-# what its agreement figures show.
+# (its RPN NMS suppresses across all levels, where mmdet's batched call suppresses within each level; zero-size
+# proposals kept; one box per RoI: `deploy.py` lists them); its agreement figures above compare its outputs
+# with `stock`'s.
 
 # %% [markdown]
 # ## Environment of this run

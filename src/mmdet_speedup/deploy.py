@@ -322,16 +322,12 @@ class DeployedModel:
         return f"DeployedModel({self.path.name}, {self.runtime}, {self.precision}, threads={self.threads}{hint})"
 
     def _onnxruntime(self):
-        import onnxruntime as ort
+        from .runtimes import ort_session
 
         if self.precision != "fp32":
             raise InputError("ONNX Runtime's CPU provider runs this graph in fp32 only; use runtime='openvino' "
                              "for bf16")
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        sess = ort_session(self.path, self.threads)
         self.inference_precision = "f32"
         self.optimal_requests = self.requests = 1
         self._compiled = None
@@ -344,13 +340,10 @@ class DeployedModel:
         core = ov.Core()
         if self.precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
             raise InputError("this CPU has no bf16 support in OpenVINO (no AVX512_BF16 or AMX); use fp32")
-        config = {"INFERENCE_PRECISION_HINT": "f32" if self.precision == "fp32" else "bf16",
-                  "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": self.hint}
-        if self.hint == "THROUGHPUT" and self._requests is not None:
-            config["PERFORMANCE_HINT_NUM_REQUESTS"] = self._requests
-        compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)
-        used = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin runs (it may ignore the hint)
-        self.inference_precision = getattr(used, "to_string", lambda: str(used))()
+        from .runtimes import ov_compile
+
+        compiled, self.inference_precision = ov_compile(self.path, "f32" if self.precision == "fp32" else "bf16",
+                                                        self.threads, self.hint, self._requests)
         self.optimal_requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = self.optimal_requests if self._requests is None else self._requests
         self._compiled = compiled

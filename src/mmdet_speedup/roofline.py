@@ -114,6 +114,42 @@ def _matmul(dtype: str, n: int, dev: torch.device):
     return lambda: torch.mm(a, b)
 
 
+#: The convolution the conv peak times: an FPN-like 3x3, 256 -> 256 channels, on a 64x64 map (4.8 GFLOP).
+CONV_SHAPE = (1, 256, 64, 64)
+
+
+def _conv(dtype: str, dev: torch.device, runtime: str):
+    """A 3x3 convolution to time for ``dtype`` through ``runtime`` (torch eager, channels_last; or OpenVINO), or a
+    reason it is skipped: the kind of work the convolutional stages do, which a runtime may run above matmul speed."""
+    if dtype not in ("float32", "bfloat16"):
+        return f"{dtype} convolutions are not timed"
+    if dtype == "bfloat16" and dev.type == "cpu" and runtime == "torch":
+        from .environment import cpu_has_bf16
+        if not cpu_has_bf16():
+            return "no bf16 matrix instructions on this CPU"
+    conv = torch.nn.Conv2d(CONV_SHAPE[1], CONV_SHAPE[1], 3, padding=1, bias=False).eval()
+    x = torch.randn(*CONV_SHAPE)
+    if runtime == "torch":
+        dt = getattr(torch, dtype)
+        conv = conv.to(dev, dt).to(memory_format=torch.channels_last)
+        x = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
+
+        def run():
+            with torch.no_grad():
+                return conv(x)
+        return run
+    from . import runtimes
+
+    if dev.type != "cpu" or not runtimes.available(runtimes.OPENVINO):
+        return "OpenVINO is not installed" if dev.type == "cpu" else "OpenVINO runs on the CPU only"
+    compiled, used = runtimes.ov_compile(runtimes.ov_convert(conv, x), "f32" if dtype == "float32" else "bf16",
+                                         torch.get_num_threads())
+    if dtype == "bfloat16" and used != "bf16":
+        return f"OpenVINO runs {used} here, not bf16"
+    arr = x.numpy()
+    return lambda: compiled([arr])
+
+
 @functools.lru_cache(maxsize=None)
 def _measure(device: str, dtypes: tuple[str, ...], size: int, repeats: int, copy_mib: int) -> dict[str, Any]:
     dev = resolve_device(device)
@@ -129,6 +165,17 @@ def _measure(device: str, dtypes: tuple[str, ...], size: int, repeats: int, copy
         # a peak is what the machine can do: the best repeat, since a shared machine only ever slows one down
         matmul[dtype] = flops / min(times) / 1e6                     # FLOP / ms -> GFLOP/s
         spread[dtype] = [flops / s.p90 / 1e6, flops / s.median / 1e6]
+    conv_flops = 2.0 * CONV_SHAPE[1] ** 2 * 9 * CONV_SHAPE[2] * CONV_SHAPE[3]
+    conv: dict[str, dict[str, float]] = {}
+    for runtime in ("torch", "openvino"):
+        for dtype in dtypes:
+            key = ALIASES.get(dtype, dtype)
+            fn = _conv(key, dev, runtime)
+            if isinstance(fn, str):
+                notes[f"conv {runtime} {dtype}"] = "skipped: " + fn
+                continue
+            times = benchmark(fn, warmup=1, repeats=repeats, device=dev)
+            conv.setdefault(runtime, {})[key] = conv_flops / min(times) / 1e6
     n = copy_mib * 2 ** 20 // 4
     src = torch.randn(n, device=dev)
     dst = torch.empty_like(src)
@@ -139,13 +186,14 @@ def _measure(device: str, dtypes: tuple[str, ...], size: int, repeats: int, copy
     return {
         "device": str(dev), "device_name": name, "threads": torch.get_num_threads(),
         "matmul_size": size, "repeats": repeats,
-        "matmul_gflops": matmul, "matmul_gflops_p90_median": spread,
+        "matmul_gflops": matmul, "matmul_gflops_p90_median": spread, "conv_gflops": conv,
         "copy_bytes": nbytes, "copy_gbps": nbytes / min(times) / 1e6,
         "copy_gbps_p90_median": [nbytes / s.p90 / 1e6, nbytes / s.median / 1e6],
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if dev.type == "cuda" else None,
         "notes": notes,
         "method": (f"best of {repeats} timed {size}x{size} torch.mm per dtype (torch._int_mm for int8, "
                    f"2*n^3 FLOP) and of a {copy_mib} MiB fp32 dst.copy_(src) (bytes read + written), "
+                   f"and of a 3x3 convolution on {CONV_SHAPE} (channels_last in torch; and through OpenVINO), "
                    "through mmdet_speedup.timing.benchmark after one warm-up; the p90 and median repeats beside them"),
     }
 
@@ -191,13 +239,20 @@ def memory_floor_ms(nbytes: float, gbps: float) -> float:
     return nbytes / gbps / 1e6 if gbps > 0 else math.nan
 
 
-def peak_for(peaks: Mapping[str, Any], dtype: str) -> float:
-    """The matmul peak for ``dtype`` (``fp32``/``bf16``/... or torch names) from ``measure_peaks`` or a plain map."""
+def peak_for(peaks: Mapping[str, Any], dtype: str, work: str = "matmul") -> float:
+    """The peak for ``dtype`` (``fp32``/``bf16``/... or torch names) from ``measure_peaks`` or a plain map.
+
+    ``work="conv"`` (the convolutional stages): the highest of the matmul peak and the convolution peaks measured
+    through each runtime, so a runtime whose convolutions outrun torch's matmul does not beat its own floor."""
     table = peaks.get("matmul_gflops", peaks)
     key = ALIASES.get(dtype, dtype)
     if key not in table:
         raise InputError(f"no measured matmul peak for {dtype!r}; have {sorted(table)}")
-    return float(table[key])
+    best = float(table[key])
+    if work == "conv":
+        for per_runtime in (peaks.get("conv_gflops") or {}).values():
+            best = max(best, float(per_runtime.get(key, 0.0)))
+    return best
 
 
 def roofline_table(stage_ms: Mapping[str, float], flops: Mapping[str, float], peaks: Mapping[str, Any],
@@ -207,7 +262,7 @@ def roofline_table(stage_ms: Mapping[str, float], flops: Mapping[str, float], pe
     ``floor_ms`` is the compute floor, or the larger of compute and memory floors where ``nbytes`` gives the
     stage's bytes moved (then ``bound`` says which roof binds and ``pct_of_peak`` is the floor over the time).
     """
-    peak = peak_for(peaks, dtype)
+    peak = peak_for(peaks, dtype, "conv")  # the counted stages are convolutions and linears: the highest peak
     gbps = float(peaks.get("copy_gbps", math.nan)) if nbytes else math.nan
     rows = []
     for stage in [s for s in stage_ms if s in flops or (nbytes and s in nbytes)]:
@@ -231,7 +286,7 @@ def percent_table(stages: pd.DataFrame, flops: Mapping[str, float], peaks: Mappi
     peak of the dtype its convolutions run in (``precisions``: variant -> ``fp32``, ``bf16``, ``bf16-weights`` ...)."""
     cols = [s for s in flops if s in stages.columns]
     return pd.DataFrame({f"{s} % of peak": [percent_of_peak(stages.loc[v, s], flops[s],
-                                                            peak_for(peaks, precisions[v].split("-")[0]))
+                                                            peak_for(peaks, precisions[v].split("-")[0], "conv"))
                                             for v in stages.index] for s in cols}, index=stages.index)
 
 

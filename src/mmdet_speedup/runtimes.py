@@ -11,8 +11,8 @@ with the image's aspect ratio, and a new shape compiles again). In OpenVINO they
 dynamic spatial dimensions (``_TRACED``), on the input cropped to ``TRACE_SIDE`` pixels a side
 (``trace_example``), and each shape reshapes a copy and compiles it: tracing costs grow with the example while a
 reshape and compile takes a fraction of a second, and the compiled model runs as fast as one traced at its own
-shape (``benchmarks/openvino_trace.py``; on two Zen 5 cores the backbone traced in 9 s at 1344x800 and 93 s at
-3840x2304, reshaped and compiled in 0.15 s; run 249136 in ``data/benchmarks/``). The trace is per weights: it
+shape (``benchmarks/openvino_trace.py`` measures both; its rows are in ``data/benchmarks/``). The trace is per
+weights: it
 serves every padded shape of the same model and the other precision; a model conditioned at another scale reuses
 the neck's and RPN head's traces (no BatchNorm, the same weights) and traces its backbone again (its BatchNorm
 statistics differ) on a crop as small.
@@ -65,6 +65,7 @@ import importlib
 import io
 import logging
 import math
+import os
 import resource
 import time
 import warnings
@@ -320,17 +321,49 @@ def trace_example(xs: Sequence[torch.Tensor], side: int | None = None) -> tuple[
     return tuple(out)
 
 
+def ov_convert(module, example_input, **kw):
+    """``openvino.convert_model`` of a torch module, without torch's ``jit.trace`` deprecation warnings (OpenVINO
+    traces through it; the warning is about torch's API, not about this conversion)."""
+    ov = load(OPENVINO)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.trace")
+        return ov.convert_model(module, example_input=example_input, **kw)
+
+
+def ov_compile(model, hint: str, threads: int, performance: str = "LATENCY", requests: int | None = None):
+    """Compile an ov.Model (or a model file's path) for the CPU, the one OpenVINO session builder of the library
+    (the staged parts here, the deployed graph in ``deploy``): (compiled model, the precision the plugin runs)."""
+    core = _ov_core()
+    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": performance}
+    if performance == "THROUGHPUT" and requests is not None:
+        config["PERFORMANCE_HINT_NUM_REQUESTS"] = requests
+    compiled = core.compile_model(core.read_model(str(model)) if isinstance(model, (str, os.PathLike)) else model,
+                                  "CPU", config)
+    used = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin runs (it may ignore the hint)
+    return compiled, getattr(used, "to_string", lambda: str(used))()
+
+
+def ort_session(model: bytes | str | os.PathLike, threads: int):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads, run sequentially: the one ONNX Runtime session
+    builder of the library (the staged parts here, the deployed graph in ``deploy``)."""
+    ort = load(ONNXRUNTIME)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
 def _ov_compile(model, hint: str, threads: int):
     """Compile an ov.Model for the CPU: (run, compiled model, the inference precision the plugin runs)."""
-    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY"}
-    compiled = _ov_core().compile_model(model, "CPU", config)
+    compiled, used = ov_compile(model, hint, threads)
     n_out = len(compiled.outputs)
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         out = compiled(arrays, share_inputs=True, share_outputs=False)
         return [out[i] for i in range(n_out)]
-    used = compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin runs (it may ignore the hint)
-    return run, compiled, getattr(used, "to_string", lambda: str(used))()
+    return run, compiled, used
 
 
 def int8_ops(compiled) -> int:
@@ -353,9 +386,8 @@ def fake_quantize_ops(model) -> int:
 # ``dynamic``: the input dimensions left dynamic (the RoI heads' number of RoIs), the rest static.
 def _convert_openvino(flat: _Flat, xs: tuple[torch.Tensor, ...], precision: str, threads: int,
                       dynamic: tuple[int, ...] = ()):
-    ov = load(OPENVINO)
     t0 = time.perf_counter()
-    model = ov.convert_model(flat, example_input=xs, **({"input": _ov_shapes(xs, dynamic)} if dynamic else {}))
+    model = ov_convert(flat, xs, **({"input": _ov_shapes(xs, dynamic)} if dynamic else {}))
     t1 = time.perf_counter()
     run, compiled, used = _ov_compile(model, _OV_PRECISION[precision], threads)
     t2 = time.perf_counter()
@@ -364,7 +396,6 @@ def _convert_openvino(flat: _Flat, xs: tuple[torch.Tensor, ...], precision: str,
 
 def _convert_onnxruntime(flat: _Flat, xs: tuple[torch.Tensor, ...], precision: str, threads: int,
                          dynamic: tuple[int, ...] = ()):
-    ort = load(ONNXRUNTIME)
     names = [f"input{i}" for i in range(len(xs))]
     kw: dict[str, Any] = {}
     if dynamic:  # name the outputs, so their first dimension is dynamic too
@@ -377,10 +408,7 @@ def _convert_onnxruntime(flat: _Flat, xs: tuple[torch.Tensor, ...], precision: s
         torch.onnx.export(flat, xs, buf, opset_version=ONNX_OPSET, dynamo=False, input_names=names,
                           do_constant_folding=True, **kw)
     t1 = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    session = ort_session(buf.getvalue(), threads)
     t2 = time.perf_counter()
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -602,7 +630,7 @@ class RuntimeModule(torch.nn.Module):
         t0 = time.perf_counter()
         if hit is None:
             small = trace_example(xs)
-            model = load(OPENVINO).convert_model(flat, example_input=small, input=_ov_shapes(small, spatial))
+            model = ov_convert(flat, small, input=_ov_shapes(small, spatial))
             traced_at = "x".join(map(str, small[0].shape))
             _lru_put(_TRACED, tkey, (model, flat.spec, traced_at), TRACED_CACHE_SIZE)
         else:
@@ -626,11 +654,11 @@ class RuntimeModule(torch.nn.Module):
             _QUANTIZED.move_to_end(qkey)
             model, spec, info = hit
             return model, spec, {**info, "quantize_s": 0.0, "quantized_reused": True}, 0.0
-        ov, nncf = load(OPENVINO), load_quantizer(self.precision)
+        nncf = load_quantizer(self.precision)
         samples = [list(s) for s in self.calibration] or [[t.numpy() for t in xs]]
         spatial = self.dynamic or tuple(range(2, max(t.dim() for t in xs)))  # every padded shape quantizes alike
         t0 = time.perf_counter()
-        model = ov.convert_model(flat, example_input=example, input=_ov_shapes(example, spatial))
+        model = ov_convert(flat, example, input=_ov_shapes(example, spatial))
         t1 = time.perf_counter()
         with _quiet_nncf(nncf):
             model = nncf.quantize(model, nncf.Dataset(samples), preset=nncf.QuantizationPreset.MIXED,

@@ -70,7 +70,7 @@ class Interval:
         """"95% CI 1.7-1.9x" or "range 1.7-1.9x over 3 repeats" (", unpaired" where it is)."""
         d = _digits(self.lo, self.hi) if digits is None else digits
         body = (f"{self.level * 100:g}% CI {_x(self.lo, d)}-{_x(self.hi, d)}x" if self.kind == "ci"
-                else f"range {_x(self.lo, d)}-{_x(self.hi, d)}x over {self.n} repeats")
+                else f"range {_x(self.lo, d)}-{_x(self.hi, d)}x over {self.n} repeat{'s' if self.n != 1 else ''}")
         return body + ("" if self.paired else ", unpaired")
 
 

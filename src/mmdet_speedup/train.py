@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .environment import cpu_has_bf16
+
 import numpy as np
 import torch
 
@@ -126,12 +128,6 @@ def autocast_features(model) -> None:
     model.extract_feat = extract_feat
 
 
-def has_bf16() -> bool:
-    from .environment import cpu_has_bf16
-
-    return cpu_has_bf16()
-
-
 def config(recipe: Recipe, ann_file: Path, work_dir: Path):
     """The mmdet config of the study's model with this recipe's training settings."""
     from .models import load_config
@@ -180,7 +176,7 @@ def config(recipe: Recipe, ann_file: Path, work_dir: Path):
                         save_last=True),
         sampler_seed=dict(type="DistSamplerSeedHook"),
     )
-    cfg.custom_hooks = [dict(type="AutocastHook")] if recipe.autocast and has_bf16() else []
+    cfg.custom_hooks = [dict(type="AutocastHook")] if recipe.autocast and cpu_has_bf16() else []
     cfg.log_processor = dict(type="LogProcessor", window_size=10, by_epoch=False)
     cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")], name="visualizer")
     cfg.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),

@@ -365,7 +365,7 @@ def _roof_text(bounds: pd.DataFrame, value: float) -> str:
     beaten = roofline.beaten_floors(bounds)
     if beaten:
         return ("every counted stage at its roofline floor: withheld, because measured rows reach or beat the floor "
-                f"at {', '.join(f'`{s}`' for s in beaten)} (the peak is torch's 2048x2048 matrix multiply, below what "
+                f"at {', '.join(f'`{s}`' for s in beaten)} (the measured peaks are below what "
                 "those kernels reach)")
     return f"every counted stage at its roofline floor (the others at the path's own time) {value:.1f}x"
 
@@ -385,9 +385,10 @@ def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]
         scale = split_case(case)[1]
         published = (f"; the seed's ladder, from its mmdet 2.x row, gained {seed.loc[scale, 'total']:.2f}x at "
                      f"{scale} on an RTX 3080 (published)" if scale in seed.index else "")
-        keep = [r for r in lad.bound_rows(t) if r != BASE and r in set(of.loc[of["status"] == "ok", "variant"])]
-        best = tied_text(best_of(of, keep, floor=floor), "end to end, among the rows whose results were checked "
-                         "and kept") if keep else "no other row's results were checked at this case"
+        keep = [r for r in lad.bound_rows(t) if r in set(of.loc[of["status"] == "ok", "variant"])]
+        best = (tied_text(best_of(of, keep, floor=floor), "end to end, among `stock` and the rows whose agreement "
+                          "check found them exact or preserving results")
+                if len(keep) > 1 else "no row but `stock` was found exact or preserving results at this case")
         b = roofline.bound_speedups(bounds[case])
         head.append(f"At {case}: `{path}` (the path the pilot kept) against `stock` end to end, "
                     f"{verdict_of(vs_stock, path)}; against `legacy` (mmdet 2.x's path), "

@@ -40,13 +40,12 @@ INT8_AUTO = "ov int8 auto (changes results)"
 CONVERTED = ("backbone", "neck", "rpn", "roi_bbox", "roi_mask")
 DEPLOYED_PREFIX = "mmdeploy → "
 #: A case above the study's scale (``models.above_study_scale``) runs only ``LARGE_ROWS``: every row's compiled
-#: graphs and arenas live at once in an interleaved sweep, and at 3840x2304 the fourteen rows outgrew the study
-#: machine's 24 GB (the kernel was killed for memory on 2026-11-24, run 377f80). Kept: the baseline and its A/A,
-#: torch's best, and OpenVINO's best staged and deployed rows at the lowest precision that keeps results.
+#: graphs and arenas live at once in an interleaved sweep, and at 3840x2304 every row at once outgrows a 24 GB
+#: machine. Kept: the baseline and its A/A, torch's best, and OpenVINO's best staged and deployed rows at the
+#: lowest precision that keeps results.
 LARGE_ROWS = ("stock", "stock (A/A)", "torch auto (eager)", "ov auto (bf16)", "mmdeploy → ov bf16")
-#: Why a row cannot run above the study's scale on its own, beyond the rule above (measured, with the script that
-#: shows it): NNCF's quantization of the int8 rows grew a process holding nothing else to 24 GB and was killed
-#: (``scripts/probe_row_memory.py int8``, 2026-11-24: 5.4 GB after calibration, killed while quantizing).
+#: Why a row cannot run above the study's scale on its own, beyond the rule above: NNCF's quantization of the
+#: int8 rows alone outgrows a 24 GB machine there (``scripts/probe_row_memory.py int8`` shows it).
 TOO_LARGE = {INT8: "NNCF's quantization at this size alone outgrows this machine's memory",
              INT8_AUTO: "NNCF's quantization at this size alone outgrows this machine's memory"}
 LARGE_MIN_FREE_MB = 6000

@@ -31,7 +31,7 @@ def tied_text(best: Best, what: str = "") -> str:
         return f"`{best.label}` is the fastest{of}, its lead over every other row clearing the floor"
     others = ", ".join(f"`{t}`" for t in best.tied)
     return (f"no row is the fastest{of}: `{best.lowest}` has the lowest median, tied with {others} "
-            "(their pairwise interval does not clear the floor)")
+            "(its pairwise interval with each of them does not clear the floor)")
 
 
 def takeaway(name: str, v: Verdict, baseline: str, what: str = "") -> str:
