@@ -32,7 +32,7 @@
 # | `stock` | mmdet 3.3 as shipped |
 # | `stock (A/A)` | `stock` again, in the same sweep: its interval is the noise floor every verdict is held to |
 # | `+precision` | fp16 (GPU) or bf16 (CPU) autocast with channels_last |
-# | `+auto preprocess` | the fastest pre-processing path for the device |
+# | `+auto preprocess` | the pre-processing picker `auto` (method page: per input shape, timed on the machine); `preprocess ran` shows its pick |
 # | `+raw masks` | 28x28 probabilities and boxes, pasted lazily; the RLE consumer column shows what a consumer pays |
 # | `+torchvision RoIAlign` | torchvision's RoIAlign kernel in the RoI extractors (CPU; same output) |
 # | `+threaded RoIAlign` | the same kernel over interleaved slices of the RoIs, one per thread (CPU; same output) |
@@ -112,7 +112,7 @@ book.show_table(lad.climbed.decisions[["built on", "pilot", "kept"]], full="The 
 tables = lad.tables(ladder.main_rows(rows), ch.rows("06_ladder_equivalence"), cases)
 for case, t in tables.items():
     print(f"case {case} (input > model scale)")
-    book.show_table(t, 2, columns=["runtime", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"], full="Per stage, workload, agreement")
+    book.show_table(t, 2, columns=["runtime", "preprocess ran", S.TOTAL, "speed-up", "lo", "hi", "verdict", "results"], full="Per stage, workload, agreement")
     book.show_table(lad.verdicts(rows[rows["case"] == case]), columns=["built on", "vs the rung below", "kept"], full="Against stock, and the pilot")
 
 # %% [markdown]

@@ -301,7 +301,9 @@ class StagedPipeline:
 
     def preprocess(self, img: np.ndarray, timer=NULL) -> HostBatch:
         with timer.stage(S.PREPROCESS):
-            return self.pre.host(img)
+            hb = self.pre.host(img)
+        self.last_preprocess = hb.variant or self.choices.preprocess  # what ``auto`` picked, for the rows
+        return hb
 
     def to_device(self, hb: HostBatch, timer=NULL) -> tuple[Tensor, list]:
         with timer.stage(S.DATA_PREPROCESSOR):

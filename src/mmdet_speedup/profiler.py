@@ -279,6 +279,7 @@ class Profiler:
                         rle_consumer(dets)
             base = dict(rpn_nms_in=dets.counts.get("rpn_nms_in"), bbox_nms_in=dets.counts.get("bbox_nms_in"),
                         dets_out=dets.counts.get("dets_out"), peak_mem_mb=mem.peak_mb,
+                        chosen=getattr(pipe, "last_preprocess", None),
                         mask_bytes=0 if dets.masks is None else dets.masks.nbytes())
             return [dict(base, stage=k, ms=v) for k, v in timer.ms().items()]
 

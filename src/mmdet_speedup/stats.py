@@ -393,3 +393,23 @@ def ratio_tables(rows: pd.DataFrame, baseline: Any, *, case: str = "case", **kw:
     """One :func:`ratio_table` per value of the ``case`` column, in the order measured (each case its own sweep)."""
     return {str(c): ratio_table(rows[rows[case] == c], baseline, **kw)
             for c in dict.fromkeys(rows[case]) if (rows.loc[rows[case] == c, "variant"] == baseline).any()}
+
+
+# -- the third outcome: accuracy ---------------------------------------------------------------------------
+KEEPS, CHANGES_ACCURACY, CANNOT_TELL = "keeps accuracy", "changes accuracy", "cannot tell"
+
+
+def accuracy_verdict(box: tuple[float, float], mask: tuple[float, float] | None, n_images: int, *, margin: float,
+                     min_images: int) -> str:
+    """The accuracy rule on delta-AP intervals ``(lo, hi)`` (box, and mask where the model has masks): "keeps
+    accuracy" iff every interval lies within ``[-margin, margin]``, "changes accuracy" iff one lies wholly outside
+    it, else "cannot tell" (also with fewer than ``min_images`` scored images). The margin is the study's
+    (``study.words.ACCURACY_MARGIN``), fixed before any row was scored."""
+    ivs = [box] + ([mask] if mask is not None else [])
+    if n_images < min_images or any(not np.isfinite(iv).all() for iv in ivs):
+        return CANNOT_TELL
+    if all(-margin <= lo and hi <= margin for lo, hi in ivs):
+        return KEEPS
+    if any(lo > margin or hi < -margin for lo, hi in ivs):
+        return CHANGES_ACCURACY
+    return CANNOT_TELL

@@ -55,6 +55,9 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     t = t.join(rows.groupby("variant")[WORKLOAD].median())
     if "runtime" in rows:  # where backbone, neck, RPN head and RoI heads ran (RoIAlign, NMS, masks: torch)
         t["runtime"] = rows.groupby("variant")["runtime"].first()
+    if "chosen" in rows:  # the pre-processing path each row ran (``auto``'s pick, measured per input shape)
+        t["preprocess ran"] = rows.dropna(subset=["chosen"]).groupby("variant")["chosen"].agg(
+            lambda s: "/".join(sorted(set(map(str, s)))))
     agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
     t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
     t["results"] = preservation_column(t).where(t["matched_ref"].notna(), "")

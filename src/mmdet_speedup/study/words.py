@@ -144,3 +144,23 @@ def md_table(df: pd.DataFrame, index: str | None = None) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in (i, *r)) + " |" for i, r in zip(df.index, df.itertuples(index=False))]
     return "\n".join(lines) + "\n"
+
+
+#: The accuracy rule's margin on delta AP (COCO AP@[.5:.95], 0-1 scale): one AP point, fixed before any
+#: study-size row is scored (the method page states it); it does not move afterwards.
+ACCURACY_MARGIN = 0.010
+#: Fewer scored images than this and every accuracy word is "cannot tell".
+MIN_SCORED_IMAGES = 50
+
+
+def accuracy_word(box, mask, n_images: int) -> str:
+    """The accuracy rule (``stats.accuracy_verdict``) at the study's margin, on ``accuracy.Delta`` values."""
+    from ..stats import accuracy_verdict
+
+    return accuracy_verdict((box.lo, box.hi), None if mask is None else (mask.lo, mask.hi), n_images,
+                            margin=ACCURACY_MARGIN, min_images=MIN_SCORED_IMAGES)
+
+
+def delta_text(d) -> str:
+    """"-0.004 (95% CI -0.009 to 0.001, 100 images)" for an ``accuracy.Delta``."""
+    return f"{d.delta:+.3f} (95% CI {d.lo:+.3f} to {d.hi:+.3f}, {d.n_images} images)"
