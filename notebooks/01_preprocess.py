@@ -21,14 +21,15 @@
 # The seed's first finding: in mmdet 2.x the CPU resized, normalized and padded every image in float32 and
 # copied four bytes per pixel to the GPU, 13.45 ms of a 72.3 ms inference at 1333x800 and 128.4 ms of
 # 569.9 ms at 3840x2304 on an RTX 3080 (published figures). mmdet 3.3 already moved normalize and pad into
-# `DetDataPreprocessor`. This chapter measures three paths side by side:
+# `DetDataPreprocessor`. This chapter measures four paths side by side:
 #
 # - `legacy`: the mmdet 2.x path: CPU resize (cv2), CPU float32 normalize and pad, float32 copy;
 # - `stock`: mmdet 3.3: CPU resize (cv2), uint8 copy, normalize and pad in `DetDataPreprocessor`;
 # - `device`: decode on the host, uint8 copy (pinned, non-blocking on CUDA), resize, colour order,
 #   normalize and pad on the device with torch;
-# - `auto`: whichever of the three is fastest for the device (on CUDA: `device`; elsewhere measured once
-#   per input shape, interleaved, and moved off `stock` only by a win larger than timing noise).
+# - `auto`: the picker (on CUDA: `device`; elsewhere it times the three paths once per input shape, five
+#   interleaved trials each, and keeps `stock` unless another takes under 90% of its time; the pick runs before
+#   the measured passes, and the rows record it).
 #
 # Stages compared: `preprocess` (host) + `data_preprocessor` (device step); `load` (JPEG decode) is shown
 # apart because no variant changes it.

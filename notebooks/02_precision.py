@@ -26,10 +26,11 @@
 # same pipeline:
 #
 # - `fp32`, `fp16` (CUDA autocast), `bf16` (autocast on the CPU or CUDA);
-# - `channels_last`: the memory layout oneDNN's and cuDNN's fast convolution kernels want;
+# - `channels_last` (`+cl` in a row's name): the memory layout oneDNN's and cuDNN's fast convolution kernels
+#   want;
 # - `*-weights`: backbone and neck kept entirely in the reduced dtype, instead of autocast casting around
 #   every BatchNorm;
-# - BatchNorm folded into the preceding convolution (`foldbn`).
+# - BatchNorm folded into the preceding convolution (`+foldbn` in a row's name).
 #
 # Box decoding, NMS, RoIAlign inputs and mask paste stay fp32 (a naive autocast over the whole model crashes
 # in mmcv's NMS on dtype); the tests check those dtype contracts with forward hooks.

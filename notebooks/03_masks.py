@@ -69,18 +69,19 @@ for n in dets_list:
     prof.run_masks(MASKS, ch.samples(input_for_dets), extra={"sweep": "dets"})
 
 # %% [markdown]
-# The rows, summarized by `masks.sweep_summary`: medians per input size, detections and variant (over images
-# and repeats) of each stage's ms, of the MiB the results hold (their `nbytes()`) and of the detections out.
+# The rows, summarized by `masks.sweep_summary` per sweep (the sizes sweep, and the detections sweep for the
+# middle chart): medians per input size, detections and variant (over images and repeats) of each stage's ms, of the MiB the results hold (their `nbytes()`) and of the detections out.
 # Below, `mask_postprocess` against image area and against detections, and the memory held against image area
 # (`full` and `legacy` both hold N x H x W booleans: their memory lines coincide).
 
 # %% tags=["hide-input"]
-summary = chapter.sweep_summary(ch.rows().query("variant != @AA"))
+summary = chapter.sweep_summary(ch.rows().query("variant != @AA and sweep == 'size'"))
+by_dets = chapter.sweep_summary(ch.rows().query("variant != @AA and sweep == 'dets'"))
 by_size = summary[summary["dets_per_image"] == dets_for_sizes]
 _, axes = plt.subplots(1, 3, figsize=(14, 4), layout="tight")
 book.scaling_chart(by_size, "megapixels", "mask_postprocess", "variant", axes[0], ylabel="ms (median)",
                    title=f"mask_postprocess vs image size ({dets_for_sizes} dets)")
-book.scaling_chart(summary[summary["input_size"] == input_for_dets], "dets", "mask_postprocess", "variant", axes[1],
+book.scaling_chart(by_dets[by_dets["input_size"] == input_for_dets], "dets", "mask_postprocess", "variant", axes[1],
                    title=f"mask_postprocess vs detections ({input_for_dets})", ylabel="ms (median)")
 _ = book.scaling_chart(by_size, "megapixels", "MiB held", "variant", axes[2], title="memory held by the results")
 

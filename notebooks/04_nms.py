@@ -28,7 +28,7 @@
 #   another level's, so a box suppresses only boxes of its own level, in one call instead of one per level.
 #
 # This chapter measures the NMS kernels on synthetic boxes, then both architectures per stage, then sweeps
-# the pre-NMS count up to Detectron's 12000.
+# the pre-NMS count (up to Detectron's 12000 at study size; the `c4_pre_nms` parameter).
 
 # %% tags=["parameters", "hide-cell"]
 device = "auto"
@@ -168,7 +168,7 @@ words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_gro
 #   trained scores rank proposals, which random weights cannot show.
 # - Both libraries' `batched_nms` switch strategy at a fixed size (torchvision at 1000 boxes on the CPU,
 #   mmcv at 10000), see the workbench's docstring.
-# - Detectron's published model zoo (end-to-end, 1x, its GPU) has C4 at {glue:text}`dz_faster_c4_over_fpn:.2f`x
+# - Detectron's published model zoo (end-to-end, 1x, its total a + b: GPU code plus CPU code) has C4 at {glue:text}`dz_faster_c4_over_fpn:.2f`x
 #   FPN's inference time for Faster R-CNN and {glue:text}`dz_mask_c4_over_fpn:.2f`x for Mask R-CNN (published
 #   figures): {glue:text}`nms_zoo_direction`.
 

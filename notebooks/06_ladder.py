@@ -21,7 +21,8 @@
 # The seed's table, rebuilt: each rung adds one optimization to the best path below it, per stage, with the
 # speed-up against `stock` (mmdet 3.3's `test_step`, the baseline for every ratio) and its interval, the
 # workload each row ran, and its agreement with `stock`. A rung is kept only if a pilot finds it faster than
-# the rung it was built on by the verdict rule of the method page, held to the pilot's own A/A floor; a rung that
+# the rung it was built on by the verdict rule of the method page, held to the pilots' A/A floor (`stock` run twice
+# in the first pilot, the floor every later pilot is held to as well); a rung that
 # is not stays in the table, marked, and the rungs above build on the rung below it. Each pilot is a short
 # interleaved sweep of its own (between `pilot_repeats` and `pilot_max_repeats` passes), recorded in the rows
 # (`sweep` = `pilot <rung>`) and shown below; the path is read from those rows. Row names are fixed:
@@ -40,11 +41,11 @@
 # | `+bf16 weights` / `+fp16 weights` | backbone and neck kept entirely in the reduced dtype |
 # | `+compile` | backbone and neck through TorchInductor (fused convolution, add and ReLU; compiled on warm-up) |
 # | `+OpenVINO` | CPU: backbone, neck, RPN head and the RoI heads' convolutions and linears in OpenVINO at the study's precision (chapter 07); the torch-only levers (channels_last, compile, bf16 weights) go; the `runtime` column says where each row ran |
-# | `+300 proposals` | **changes results**: the path's choices on a model whose RPN keeps fewer proposals, in a sweep of its own (compared unpaired) |
+# | `+N proposals` | **changes results** (N is the `fewer_proposals` parameter): the path's choices on a model whose RPN keeps fewer proposals, in a sweep of its own (compared unpaired) |
 #
 # The cases are the `cases` parameter, each `<input size>><model scale>`: the photo's size, then the size the
 # model's test pipeline resizes it to (`3840x2304>1333x800` is a 3840x2304 photo resized to 1333x800). The study
-# runs a 1333x800 input at 1333x800 and the seed's case of running the model at 3840x2304. Up to 1333x800 every row gets exactly `repeats` interleaved
+# runs, at study size, a 1333x800 input at 1333x800 and the seed's case of running the model at 3840x2304. Up to 1333x800 every row gets exactly `repeats` interleaved
 # passes; above it at least 3, fewer than `repeats` only where every interval is already narrow or the sweep
 # reaches `sweep_budget_s` (what each case got: {glue:text}`lad_repeats`).
 #
@@ -117,7 +118,8 @@ for case, t in tables.items():
 
 # %% [markdown]
 # Do the stages account for the time? The sum of the top-level stage medians against the independently timed
-# `total` (the gap is timer overhead and Python glue between stages):
+# `total` (the gap is timer overhead and Python glue between stages; a sum of per-stage medians need not equal
+# the median total, so a small negative gap is possible):
 
 # %% tags=["nbval-ignore-output", "hide-input"]
 book.show_table(lad.per_case(ladder.main_rows(rows), cases, ms.stage_gap), 1)
@@ -160,7 +162,11 @@ book.show_table(pd.DataFrame(bound_speedups).T, 2)
 # each stage from the first row to the last, theirs and ours (ours from `legacy`, like theirs).
 
 # %% tags=["hide-input"]
-book.show_table(lad.seed_comparison(tables).set_index(["case", "seed stage"]), 2, columns=list(ladder.SEED_COLUMNS))
+seed_rows = lad.seed_comparison(tables)
+if seed_rows.empty:
+    print("No case of this run is one the seed published (1333x800>1333x800, 3840x2304>3840x2304).")
+else:
+    book.show_table(seed_rows.set_index(["case", "seed stage"]), 2, columns=list(ladder.SEED_COLUMNS))
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
 words.glue_all(ladder.findings(lad, rows, tables, stage_bounds, traded))

@@ -57,7 +57,7 @@ def chart(data: dict, out: Path) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(base64.b64decode(data["image/png"]))
     return ["```{image} " + f"{out.parent.name}/{out.name}", ":width: 100%",
-            ":alt: each ladder row's speed-up against stock, with its 95% interval", "```"]
+            ":alt: each ladder row's speed-up against stock, with its interval", "```"]
 
 
 def paste(chapter: str, key: str, folder: str = "executed") -> list[str]:

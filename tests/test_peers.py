@@ -36,7 +36,7 @@ def test_versus_deployed_pairs_the_fastest_of_each_side_per_precision():
                   f"{peers.DEPLOYED_PREFIX}ov bf16": ("bf16", [60 * k for k in noise]),
                   "torch auto (eager)": ("bf16", [50 * k for k in noise])})
     v = peers.versus_deployed(rows)
-    assert v.loc["fp32", "staged fastest"] == "ort fp32" and v.loc["fp32", "deployed fastest"].endswith("ov fp32")
+    assert v.loc["fp32", "staged (lowest median)"] == "ort fp32" and v.loc["fp32", "deployed (lowest median)"].endswith("ov fp32")
     assert v.loc["fp32", "ratio"] == pytest.approx(70 / 80) and v.loc["fp32", "verdict"] == "slower"
     assert v.loc["bf16", "ratio"] == pytest.approx(2.0) and v.loc["bf16", "verdict"] == "faster"
     only_staged = rows[~rows["variant"].str.startswith(peers.DEPLOYED_PREFIX)]

@@ -26,16 +26,21 @@ _NAMES = {
 __all__ = sorted([*_NAMES, "environment", "project", "stages"])
 
 
+def submodule(package: str, name: str) -> Any:
+    """``package.name`` imported on first use (PEP 562 attribute access); AttributeError where there is none."""
+    try:
+        return importlib.import_module(f".{name}", package)
+    except ModuleNotFoundError as e:
+        if e.name != f"{package}.{name}":
+            raise
+        raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+
 def __getattr__(name: str) -> Any:
     if name in _NAMES:
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    else:
-        try:  # a submodule as an attribute (``ms.environment``, ``ms.profiler``)
-            value = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:  # a submodule as an attribute (``ms.environment``, ``ms.profiler``)
+        value = submodule(__name__, name)
     globals()[name] = value
     return value
 

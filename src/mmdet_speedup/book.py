@@ -272,7 +272,8 @@ def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None 
         ax.axvspan(table.loc[aa, "lo"], table.loc[aa, "hi"], color="#dddddd", zorder=0, label="A/A noise floor")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.invert_yaxis()
-    ax.set_xlabel("speed-up against the baseline (95% interval); blue faster, red slower, grey no measurable difference")
+    ax.set_xlabel("speed-up against the baseline (its interval, method page); blue faster, red slower, "
+                  "grey no measurable difference")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return ax
@@ -287,7 +288,8 @@ def ratio_figure(ratios: Mapping[str, pd.DataFrame], aa: str | None = None, what
     fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 0.45 * n + 1.6), squeeze=False)
     for ax, (title, table) in zip(axes[0], ratios.items()):
         speedup_chart(table, ax=ax, title=f"{title}: speed-up {what}", aa=aa)
-        ax.set_xlabel("speed-up (95% interval); blue faster, grey no measurable difference, red slower", fontsize=8)
+        ax.set_xlabel("speed-up (its interval, method page); blue faster, grey no measurable difference, red slower",
+                      fontsize=8)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -322,14 +324,14 @@ def _whole(df: pd.DataFrame) -> pd.DataFrame:
 
 #: Columns in milliseconds besides the stages themselves.
 MS_COLUMNS = ("total + rle", "median", "p10", "p90", "pre_ms", "pre_cpu_ms", "load_ms", "together", "floor_ms",
-              "sum_of_stages")
+              "sum_of_stages", "roi head")
 
 
 def with_units(df: pd.DataFrame) -> pd.DataFrame:
     """Headers with their unit: a stage (or another column in ms) reads ``backbone (ms)``; ``path ms`` reads
     ``path (ms)``."""
     def unit(c):
-        if not isinstance(c, str) or c.endswith(")"):
+        if not isinstance(c, str) or c.endswith(")") or not pd.api.types.is_numeric_dtype(df[c]):
             return c
         if c in S.ALL or c in MS_COLUMNS:
             return f"{c.removesuffix('_ms')} (ms)"

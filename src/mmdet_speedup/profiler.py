@@ -214,6 +214,12 @@ class Profiler:
             except Exception as e:
                 pipes.pop(label, None)
                 out.append(self._error(label, _choices(v), None, extra, e))
+        for label in list(pipes):  # per-shape picks (auto pre-processing) before any pass, warm-up included
+            try:
+                getattr(pipes[label], "prime", lambda _: None)([it.data for it in items if hasattr(it, "data")])
+            except Exception as e:
+                del pipes[label]
+                out.append(self._error(label, _choices(variants[label]), None, extra, e))
         policy = self.repeats
         start, passes, reason = self.clock(), 0, "max"
         for rep in range(-self.warmup, policy.max):

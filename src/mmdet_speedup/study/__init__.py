@@ -6,16 +6,12 @@ torch-free ``ledger`` of runs that scripts import like any module. Submodules lo
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .. import submodule
 
 
 def __getattr__(name: str) -> Any:
-    try:
-        value = importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = submodule(__name__, name)
     globals()[name] = value
     return value

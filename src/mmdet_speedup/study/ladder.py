@@ -390,12 +390,15 @@ def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]
                           "check found them exact or preserving results")
                 if len(keep) > 1 else "no row but `stock` was found exact or preserving results at this case")
         b = roofline.bound_speedups(bounds[case])
+        measured = (f"every stage at the lowest cost a result-keeping row measured {b['best measured bound']:.2f}x"
+                    if b["best measured bound"] >= b["reached"] else
+                    "no bound from result-keeping rows: the path, which was not found to keep results, is faster "
+                    "than they are at every stage together")
         head.append(f"At {case}: `{path}` (the path the pilot kept) against `stock` end to end, "
                     f"{verdict_of(vs_stock, path)}; against `legacy` (mmdet 2.x's path), "
                     f"{verdict_of(vs_legacy, path)}{published}. Agreement with `stock`: "
                     f"{t.loc[path, 'results'] or 'not checked'}. In the full sweep, {best}. Bounds from this run's "
-                    f"stages: every stage at the lowest cost a result-keeping row measured "
-                    f"{b['best measured bound']:.2f}x; {_roof_text(bounds[case], b['roofline bound'])}.")
+                    f"stages: {measured}; {_roof_text(bounds[case], b['roofline bound'])}.")
         stage_ms = t.loc[path, [s for s in S.STAGES if s in t.columns]].dropna()
         fewer = main_rows(rows[rows["case"] == case])
         tail.append(f"At {case}: `legacy` against `stock`, {verdict_of(vs_stock, LEGACY)}. "

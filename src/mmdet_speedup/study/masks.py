@@ -76,8 +76,10 @@ def sentences(rows: pd.DataFrame, input_size: str) -> dict[str, Any]:
     bill = ratio_table(case, "full", stages=(S.MASK_POSTPROCESS, S.CONSUMER_RLE), aa=aa)
     legacy = ratio_table(case, "legacy", stages=(S.MASK_POSTPROCESS,),
                          floor=aa and aa_floor(case, "full", aa, stages=(S.MASK_POSTPROCESS,)))
-    return {"mask_headline": Md(f"At {input_size}, `mask_postprocess`: `raw` against `full`, {verdict_of(post, 'raw')}"
-                                f"; `raw` against `legacy`, {verdict_of(legacy, 'raw')}."),
+    return {"mask_headline": Md(f"At {input_size}, with a consumer that asks for every mask as COCO RLE (equal "
+                                f"outputs): `raw` against `full`, {verdict_of(bill, 'raw')}. `mask_postprocess` "
+                                f"alone (`raw` returns no pasted masks): `raw` against `full`, "
+                                f"{verdict_of(post, 'raw')}; against `legacy`, {verdict_of(legacy, 'raw')}."),
             "mask_findings": Md(findings_markdown([
         verdict_summary(post, "full", "`mask_postprocess`", skip=[aa_of("full")]),
         f"`raw` against `legacy`: {verdict_of(legacy, 'raw')}",

@@ -188,7 +188,8 @@ WORK_COLUMNS = ("rpn_pre_nms", "rpn_nms_in", "bbox_nms_in", "dets_out")
 
 def _cross_text(n: int | None) -> str:
     if n is None:
-        return "the per-class loop is not faster than the offset trick at the largest n by the verdict rule"
+        return ("no crossover by the verdict rule: the per-class loop is not faster than the offset trick at the "
+                "largest n (with fewer than 3 repeats no verdict is given, so none is found)")
     return f"the per-class loop is faster than the offset trick by the verdict rule from n = {n} on"
 
 

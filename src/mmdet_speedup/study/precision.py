@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from .. import stages as S
-from ..stats import aa_floor, best_of, ratio_table, row_interval
+from ..stats import aa_floor, best_of, preservation, ratio_table, row_interval
 from .words import Md, findings_markdown, table_findings, tied_text, verdict_of
 
 
@@ -32,7 +32,9 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
              f"`{pick}` against `fp32`, end to end: {total}"]
     return {"prec_findings": Md(table_findings(ratios, "fp32", "backbone + neck")),
             "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {verdict_of(ratios, pick)}; end to end "
-                                f"{total}." + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")),
+                                f"{total}; agreement with `fp32`: {preservation(eq.loc[pick])} "
+                                f"({min(eq.loc[pick, ['matched_ref', 'matched_test']]):.2f} of detections matched)."
+                                + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")),
             "prec_steps": Md(findings_markdown(steps)), "prec_pick": pick,
             "prec_pick_box_iou": float(eq.loc[pick, "box_iou_mean"]),
             "prec_pick_feat_err": float(eq.loc[pick, "feature_rel_err"]),

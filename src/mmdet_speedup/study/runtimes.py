@@ -138,8 +138,9 @@ class DeployedPredictor:
 
 
 def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per precision, the fastest staged row that pastes full-image masks (median ``total``; the deployed graphs'
-    output kind) against the fastest deployed row at the same precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
+    """Per precision, the staged row that pastes full-image masks with the lowest median ``total`` (the deployed
+    graphs' output kind; a label, not a verdict) against the deployed row with the lowest median at the same
+    precision: the ratio of their totals with its interval and verdict (``stats.ratio_table``, the deployed row
     as the baseline: above 1 the library is faster), held to the A/A floor of ``stock``. One case's profiler rows;
     empty where either side is missing."""
     from .. import stages as S
@@ -159,9 +160,9 @@ def versus_deployed(rows: pd.DataFrame) -> pd.DataFrame:
             continue
         d, s_ = deployed.loc[deployed["ms"].idxmin(), "variant"], staged.loc[staged["ms"].idxmin(), "variant"]
         r = ratio_table(rows[rows["variant"].isin([d, s_])], d, floor=floor).loc[s_]
-        out.append({"precision": prec, "staged fastest": s_, "deployed fastest": d, "ratio": r["ratio"],
+        out.append({"precision": prec, "staged (lowest median)": s_, "deployed (lowest median)": d, "ratio": r["ratio"],
                     "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
-    return pd.DataFrame(out, columns=["precision", "staged fastest", "deployed fastest", "ratio", "lo", "hi", "n",
+    return pd.DataFrame(out, columns=["precision", "staged (lowest median)", "deployed (lowest median)", "ratio", "lo", "hi", "n",
                                       "verdict", "text"]).set_index("precision")
 
 
@@ -231,6 +232,10 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
             "flops": flops}
 
 
+def _requests(n) -> str:
+    return "" if n is None or pd.isna(n) else f" ({int(n)} requests)"
+
+
 def findings(rows: pd.DataFrame, cases: Sequence[str], versus: Mapping[str, pd.DataFrame],
              tp: pd.DataFrame) -> dict[str, Any]:
     """07: every row against ``stock`` at the first case; the staged pipeline against the deployed model at equal
@@ -243,11 +248,11 @@ def findings(rows: pd.DataFrame, cases: Sequence[str], versus: Mapping[str, pd.D
             {"rt_int8": ("ov bf16",), "rt_int8_auto": ("ov auto (bf16)", INT8_AUTO)}.items()}
     return {"rt_findings": Md(table_findings(first, BASE, "end to end")),
             "rt_versus": Md(findings_markdown(
-                f"at {case}, `{r['staged fastest']}` against `{r['deployed fastest']}` ({p}, both pasting full-image "
-                f"masks): {r['text']}" for case, v in versus.items() for p, r in v.iterrows())
+                f"at {case}, `{r['staged (lowest median)']}` against `{r['deployed (lowest median)']}` ({p}, each the "
+                f"lowest median of its kind, both pasting full-image masks): {r['text']}" for case, v in versus.items() for p, r in v.iterrows())
                 or "No staged row with full-image masks ran beside a deployed row at the same precision.\n"),
             "rt_throughput": Md(findings_markdown(
-                f"`{r['row']}` ({r['requests']} requests) against `{r['against']}`: {r['text']}"
+                f"`{r['row']}`{_requests(r['requests'])} against `{r['against']}`: {r['text']}"
                 for _, r in tp.iterrows())),
             **{k: "not measured" if v is None else v["text"] for k, v in int8.items()}}
 
@@ -293,6 +298,8 @@ def throughput_rows(onnx_path: str | Path, bf16: bool) -> dict[str, Built]:
             rows[f"{DEPLOYED_PREFIX}ov {prec} {hint.lower()}"] = Built(
                 lambda prec=prec, hint=hint: DeployedModel(onnx_path, "openvino", prec, hint=hint),
                 STOCK.replace(runtime="openvino", precision=prec))
+    first = next(iter(rows))  # the sweep's A/A row: the first latency row once more, its floor
+    rows[aa_of(first)] = rows[first]
     return rows
 
 
@@ -304,7 +311,7 @@ def run_throughput(ch, case: str, export: Mapping[str, Any], bf16: bool, n_strea
     from ..deploy import throughput
     from .cases import split_case
     from .words import repeats_sentence
-    from ..stats import ratio_table
+    from ..stats import aa_floor, ratio_table
 
     if not export.get("path"):
         return pd.DataFrame()
@@ -315,11 +322,20 @@ def run_throughput(ch, case: str, export: Mapping[str, Any], bf16: bool, n_strea
     rows = prof.run_stream(throughput_rows(export["path"], bf16), sources,
                            lambda run, images: throughput(run, images, warmup=False)["images_per_s"], {"case": case})
     ok = rows[rows["status"] == "ok"]
+    labels = list(dict.fromkeys(ok["variant"]))
+    aa = next((v for v in labels if v.endswith("(A/A)")), None)
+    floor = aa and aa_floor(ok, aa.removesuffix(" (A/A)"), aa)
     out = []
-    for label in dict.fromkeys(ok["variant"]):
-        if label.endswith("throughput"):
+    for label in labels:
+        if label == aa:
+            r = ratio_table(ok[ok["variant"].isin([aa.removesuffix(" (A/A)"), aa])], aa.removesuffix(" (A/A)"),
+                            aa=aa).loc[aa]
+            out.append({"row": label, "against": aa.removesuffix(" (A/A)"), "images/s": float(1e3 / r["median ms"]),
+                        "requests": None, "ratio": r["ratio"], "lo": r["lo"], "hi": r["hi"], "n": r["n"],
+                        "verdict": r["verdict"], "text": r["text"]})
+        elif label.endswith("throughput"):
             base = label.replace("throughput", "latency")
-            r = ratio_table(ok[ok["variant"].isin([base, label])], base).loc[label]
+            r = ratio_table(ok[ok["variant"].isin([base, label])], base, floor=floor).loc[label]
             out.append({"row": label, "against": base, "images/s": float(1e3 / r["median ms"]),
                         "requests": getattr(prof.built.get(label), "requests", None), "ratio": r["ratio"],
                         "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
