@@ -95,7 +95,8 @@ _ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, r
 peaks = roofline.measure_peaks(ch.device.type)
 ch.record_environment(roofline_peaks=peaks)
 flops = roofline.stage_flops(ms.StagedPipeline(model, device=ch.device), samples[0].data)
-print({k: round(v / 1e9, 1) for k, v in flops.items()}, "GFLOP;", peaks["matmul_gflops"], "GFLOP/s peak")
+print("GFLOP per stage:", ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items()), "| peak GFLOP/s:",
+      ", ".join(f"{d} {roofline.peak_for(peaks, d, 'conv'):.0f}" for d in peaks["matmul_gflops"]))
 book.show_table(roofline.percent_table(table, flops, peaks, {v: c.precision for v, c in VARIANTS.items()}), 1)
 
 # %% [markdown] tags=["method"]

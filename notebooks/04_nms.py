@@ -95,7 +95,7 @@ models = {name: ch.model(config) for name, config in CONFIGS.items()}
 for name, model in models.items():
     ch.profiler(model).run({name: ms.STOCK}, samples, {"sweep": "arch"})
 # FPN once more, in a sweep of its own like every configuration above: the noise floor of comparing two sweeps
-ch.profiler(models["Faster FPN"]).run({"Faster FPN (A/A)": ms.STOCK}, samples, {"sweep": "arch"})
+_ = ch.profiler(models["Faster FPN"]).run({"Faster FPN (A/A)": ms.STOCK}, samples, {"sweep": "arch"})
 
 # %% [markdown]
 # Median ms per image per stage; `roi head` is the whole RoI head (boxes, masks and their post-processing),
