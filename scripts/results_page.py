@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmdet_speedup.study.ledger import (SUCCEEDED, ChapterRuns, benchmark_version, chapter_runs, load_env,  # noqa: F401
+# page_run and run_version: for the tests, which load this script as a module
+from mmdet_speedup.study.ledger import (ChapterRuns, benchmark_version, chapter_runs, load_env,  # noqa: F401
                                         load_ledger, load_status, machine, page_run, run_version, toc_chapters)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ fixed before any figure was seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,6 @@ Word = Literal["faster", "slower", "no measurable difference"]
 #: What a table's verdict column holds for the rows that are not compared: the baseline itself, and the A/A
 #: row, whose interval is the sweep's noise floor (it gets no verdict word: it is the floor the others meet).
 BASELINE, FLOOR = "baseline", "A/A floor"
-#: Two rows whose pairwise interval does not clear the floor by the verdict rule: neither is ranked first.
-TIED = "tied"
 
 #: Below this many repeats no verdict is claimed: 1 or 2 values give an interval that is only resampling noise.
 MIN_REPEATS = 3

@@ -400,11 +400,10 @@ def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]
                     f"{t.loc[path, 'results'] or 'not checked'}. In the full sweep, {best}. Bounds from this run's "
                     f"stages: {measured}; {_roof_text(bounds[case], b['roofline bound'])}.")
         stage_ms = t.loc[path, [s for s in S.STAGES if s in t.columns]].dropna()
-        fewer = main_rows(rows[rows["case"] == case])
         tail.append(f"At {case}: `legacy` against `stock`, {verdict_of(vs_stock, LEGACY)}. "
                     f"{share_sentence(stage_ms, float(t.loc[path, S.TOTAL]), f'the time of `{path}`')} "
                     f"`{lad.fewer}` (a sweep of its own) against `{path}`: "
-                    f"{verdict_of(ratio_table(fewer[fewer['variant'].isin([path, lad.fewer])], path, floor=floor), lad.fewer)}"
+                    f"{verdict_of(ratio_table(of[of['variant'].isin([path, lad.fewer])], path, floor=floor), lad.fewer)}"
                     f", with {t.loc[lad.fewer, 'matched_ref']:.2f} of `stock`'s detections matched.")
     case0 = next(iter(tables))
     first = main_rows(rows[rows["case"] == case0])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cpu import cpu_label
-from ..records import BENCHMARK_VERSION, append_rows, unfinished_runs  # noqa: F401
+from ..records import BENCHMARK_VERSION, append_rows
 
 #: The GPU run set's folder of executed notebooks, beside ``executed/``.
 CUDA = "executed-cuda"

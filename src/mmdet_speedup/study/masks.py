@@ -7,7 +7,6 @@ from typing import Any
 import pandas as pd
 
 from .. import stages as S
-from .. import stages as _S
 from ..masks import MASK_VARIANTS
 from ..stats import aa_floor, aa_in, aa_of, ratio_table
 from .words import Md, findings_markdown, floor_finding, verdict_of, verdict_summary
@@ -25,9 +24,9 @@ def sweep_summary(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["input_size", "dets_per_image", "variant"]
     ok = rows[rows["status"] == "ok"]
     med = ok.pivot_table(index=keys, columns="stage", values="ms", aggfunc="median")
-    post = ok[ok["stage"] == _S.MASK_POSTPROCESS].groupby(keys)
-    out = pd.DataFrame({_S.MASK_POSTPROCESS: med[_S.MASK_POSTPROCESS], _S.CONSUMER_RLE: med[_S.CONSUMER_RLE]})
-    out["together"] = out[_S.MASK_POSTPROCESS] + out[_S.CONSUMER_RLE]
+    post = ok[ok["stage"] == S.MASK_POSTPROCESS].groupby(keys)
+    out = pd.DataFrame({S.MASK_POSTPROCESS: med[S.MASK_POSTPROCESS], S.CONSUMER_RLE: med[S.CONSUMER_RLE]})
+    out["together"] = out[S.MASK_POSTPROCESS] + out[S.CONSUMER_RLE]
     out["MiB held"] = post["mask_bytes"].median() / 2**20
     out["dets"] = post["dets_out"].median()
     out = out.reset_index()
@@ -48,7 +47,7 @@ def _case(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> pd.Dat
 def consumer_bill(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> pd.DataFrame:
     """The consumer's bill of one case of ``sweep_summary``: per variant, median ms of ``mask_postprocess``, of the
     RLE consumer (``consumer.rle``) and of both together, what a consumer wanting every mask as COCO RLE pays."""
-    bill = _case(summary, input_size, dets_per_image)[[_S.MASK_POSTPROCESS, _S.CONSUMER_RLE, "together"]]
+    bill = _case(summary, input_size, dets_per_image)[[S.MASK_POSTPROCESS, S.CONSUMER_RLE, "together"]]
     bill.columns.name = "part"
     return bill
 
@@ -61,7 +60,7 @@ def findings(summary: pd.DataFrame, input_size: str, dets_per_image: int) -> dic
     the results of ``full``, ``box`` and ``raw`` hold.
     """
     case = _case(summary, input_size, dets_per_image)
-    post, together, mb = case[_S.MASK_POSTPROCESS], case["together"], case["MiB held"]
+    post, together, mb = case[S.MASK_POSTPROCESS], case["together"], case["MiB held"]
     return {"raw_vs_legacy": float(post["legacy"] / post["raw"]), "raw_vs_full": float(post["full"] / post["raw"]),
             "box_vs_full": float(post["full"] / post["box"]),
             "raw_rle_vs_full_rle": float(together["full"] / together["raw"]),

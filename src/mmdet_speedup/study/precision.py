@@ -23,6 +23,7 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
         return verdict_of(ratio_table(rows[rows["variant"].isin([a, b])], a, stages=stages, floor=floor_of), b)
 
     total = step("fp32", pick, (S.TOTAL,))
+    matched = float(eq.loc[pick, ["matched_ref", "matched_test"]].min())
     steps = [f"channels_last on top of `{low}` autocast, backbone + neck: {step(low, f'{low} +cl')}",
              f"BatchNorm folded on top of `{low} +cl`: {step(f'{low} +cl', f'{low} +cl +foldbn')}",
              f"`{low}-weights` instead of autocast, both with channels_last: {step(f'{low} +cl', f'{low}-weights +cl')}",
@@ -33,9 +34,9 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
     return {"prec_findings": Md(table_findings(ratios, "fp32", "backbone + neck")),
             "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {verdict_of(ratios, pick)}; end to end "
                                 f"{total}; agreement with `fp32`: {preservation(eq.loc[pick])} "
-                                f"({min(eq.loc[pick, ['matched_ref', 'matched_test']]):.2f} of detections matched)."
+                                f"({matched:.2f} of detections matched)."
                                 + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")),
             "prec_steps": Md(findings_markdown(steps)), "prec_pick": pick,
             "prec_pick_box_iou": float(eq.loc[pick, "box_iou_mean"]),
             "prec_pick_feat_err": float(eq.loc[pick, "feature_rel_err"]),
-            "prec_pick_matched": float(eq.loc[pick, ["matched_ref", "matched_test"]].min())}
+            "prec_pick_matched": matched}

@@ -319,26 +319,24 @@ def run_throughput(ch, case: str, export: Mapping[str, Any], bf16: bool, n_strea
     samples = ch.samples(size)
     sources = [samples[k % len(samples)].data for k in range(n_stream)]
     prof = ch.profiler(ch.model(scale=scale), recorder=recorder(ch.name, ch.params, f"{ch.name}_throughput"))
-    rows = prof.run_stream(throughput_rows(export["path"], bf16), sources,
+    variants = throughput_rows(export["path"], bf16)
+    rows = prof.run_stream(variants, sources,
                            lambda run, images: throughput(run, images, warmup=False)["images_per_s"], {"case": case})
     ok = rows[rows["status"] == "ok"]
-    labels = list(dict.fromkeys(ok["variant"]))
-    aa = next((v for v in labels if v.endswith("(A/A)")), None)
-    floor = aa and aa_floor(ok, aa.removesuffix(" (A/A)"), aa)
+    first = next(iter(variants))  # the latency row the sweep's A/A row repeats
+    aa, ran = aa_of(first), set(ok["variant"])
+    floor = aa_floor(ok, first, aa)
+    against = {**{v: v.replace("throughput", "latency") for v in variants if v.endswith("throughput")}, aa: first}
     out = []
-    for label in labels:
-        if label == aa:
-            r = ratio_table(ok[ok["variant"].isin([aa.removesuffix(" (A/A)"), aa])], aa.removesuffix(" (A/A)"),
-                            aa=aa).loc[aa]
-            out.append({"row": label, "against": aa.removesuffix(" (A/A)"), "images/s": float(1e3 / r["median ms"]),
-                        "requests": None, "ratio": r["ratio"], "lo": r["lo"], "hi": r["hi"], "n": r["n"],
-                        "verdict": r["verdict"], "text": r["text"]})
-        elif label.endswith("throughput"):
-            base = label.replace("throughput", "latency")
-            r = ratio_table(ok[ok["variant"].isin([base, label])], base, floor=floor).loc[label]
-            out.append({"row": label, "against": base, "images/s": float(1e3 / r["median ms"]),
-                        "requests": getattr(prof.built.get(label), "requests", None), "ratio": r["ratio"],
-                        "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"], "text": r["text"]})
+    for label, base in against.items():
+        if not {label, base} <= ran:
+            continue
+        r = ratio_table(ok[ok["variant"].isin([base, label])], base, aa=label if label == aa else None,
+                        floor=None if label == aa else floor).loc[label]
+        out.append({"row": label, "against": base, "images/s": float(1e3 / r["median ms"]),
+                    "requests": None if label == aa else getattr(prof.built.get(label), "requests", None),
+                    "ratio": r["ratio"], "lo": r["lo"], "hi": r["hi"], "n": r["n"], "verdict": r["verdict"],
+                    "text": r["text"]})
     out_df = pd.DataFrame(out)
     out_df.attrs["repeats"] = repeats_sentence(prof.last_repeats)
     return out_df
