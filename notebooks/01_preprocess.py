@@ -80,7 +80,7 @@ book.show_table(summary.drop(columns=["megapixels", "scale"]), 2)
 # %% tags=["hide-input"]
 usual = summary[summary["scale"] == scale].drop(AA, level="variant").reset_index()  # resized to the model's scale
 book.scaling_chart(usual, "megapixels", "pre_ms", "variant", title=f"Pre-processing cost on {ch.device.type}",
-                   xlabel="input megapixels (the decoded photo)", ylabel="preprocess + data_preprocessor, ms (median)")
+                   xlabel="input megapixels (the decoded image)", ylabel="preprocess + data_preprocessor, ms (median)")
 plt.show()
 
 # %% [markdown]
@@ -114,15 +114,14 @@ ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 #
 # - `auto` measured the paths once per input shape and picked {glue:text}`pre_auto_chose`.
 # - Bytes copied to the device per image at {glue:text}`pre_big_case`: {glue:text}`pre_copy` (`legacy`
-#   copies float32 after resizing, `stock` uint8 after resizing, `device` the decoded uint8 photo before
+#   copies float32 after resizing, `stock` uint8 after resizing, `device` the decoded uint8 image before
 #   resizing). On a GPU, resizing and normalizing there is the seed's trick (it measured a
 #   {glue:text}`pre_seed_ratio_4k:.1f`x speed-up of its pre-processing at 3840x2304 on an RTX 3080, published
 #   figure); on a CPU the same work stays on the same cores, in torch instead of cv2. Measure before porting
 #   the trick to a CPU deployment.
 # - `device` is not bit-identical: its input differs from `stock`'s by up to
 #   {glue:text}`pre_device_max_levels:.1f` grey levels (mean {glue:text}`pre_device_mean_levels:.3f`).
-#   With random weights that can move mask edges (see the ladder's agreement columns); agreement between
-#   random-weight models is not mAP.
+#   What that does to AP is scored where the ladder scores `+auto preprocess` (chapter 06), not here.
 # - Decoding (`load`) is the part no variant touches; its median per image against `stock`'s
 #   pre-processing: {glue:text}`pre_load_vs_pre`.
 

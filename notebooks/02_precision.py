@@ -44,6 +44,7 @@ input_size = "480x320"
 dets = 50
 rpn_proposals = 300
 n_images = 1
+val_images = 4
 repeats = 3
 warmup = 1
 threads = 2
@@ -100,23 +101,41 @@ print("GFLOP per stage:", ", ".join(f"{k} {v / 1e9:.1f}" for k, v in flops.items
 book.show_table(roofline.percent_table(table, flops, peaks, {v: c.precision for v, c in VARIANTS.items()}), 1)
 
 # %% [markdown] tags=["method"]
+# ## Accuracy against fp32
+# Each row's COCO AP on the first {glue:text}`prec_val_n` images of the val split (the trained model's held-out
+# images), scored by one untimed pass per distinct numerics (rows whose outputs are equal by construction share
+# one), against `fp32`'s pass on the same images:
+
+# %% tags=["nbval-ignore-output", "hide-cell"]
+acc = ch.accuracy("02_precision_accuracy", {label: partial(ms.StagedPipeline, model, c, ch.device)
+                                            for label, c in VARIANTS.items()}, reference="fp32", size=input_size)
+
+# %% tags=["hide-input"]
+book.show_table(words.accuracy_table(acc, "fp32"), 3)
+
+# %% [markdown]
+# {glue:text}`prec_acc_rule`
+
+# %% [markdown] tags=["method"]
 # ## Agreement with fp32
-# Same inputs, stock fp32 model as reference: both sides matched by IoU and label, then box IoU, score
-# difference and mask IoU over matched pairs, the backbone features' relative error, and the largest
-# mask-probability difference before the threshold. Random weights: this is agreement, not mAP. A variant
-# that fails to build or run is an error row, and the others go on.
+# A diagnostic beside AP, on the timed images: the stock fp32 model as reference, both sides matched by IoU and
+# label over the detections with score ≥ 0.3, then box IoU, score difference and mask IoU over matched
+# pairs, the backbone features' relative error, and the largest mask-probability difference before the
+# threshold. A variant that fails to build or run is an error row, and the others go on.
 
 # %% tags=["nbval-ignore-output", "hide-cell"]
 eq = ch.equivalence("02_precision_equivalence", {label: partial(ms.Predictor, model, c, ch.device)
-                                                 for label, c in VARIANTS.items()}, [s.data for s in samples])
+                                                 for label, c in VARIANTS.items()}, [s.data for s in samples],
+                    min_score=ms.accuracy.CONFIDENT)
 
 # %% tags=["hide-input"]
 book.show_table(eq[["matched_ref", "matched_test", "box_iou_mean", "score_diff_max", "mask_iou_mean", "feature_rel_err",
                     "mask_prob_diff_max"]], 3, columns=["matched_ref", "box_iou_mean", "mask_iou_mean", "feature_rel_err"])
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
-words.glue_all(precision.findings(ch.rows(), ratios, eq, low))
-ch.glue(prec_low=low, prec_engine=ms.environment.matrix_engine(str(ch.device)))
+words.glue_all(precision.findings(ch.rows(), ratios, eq, low, acc))
+ch.glue(prec_low=low, prec_engine=ms.environment.matrix_engine(str(ch.device)), prec_val_n=int(acc["images"].max()),
+        prec_acc_rule=words.accuracy_sentence(acc))
 
 # %% tags=["remove-cell"]
 seed = ch.seed_table("backbone", "inference", "inference_fp16")
@@ -135,10 +154,10 @@ ch.glue(prec_seed_backbone=seed.loc["1333x800", "seed speed-up (published)"])
 #
 # - The seed's fp16 backbone (with the neck inside) was {glue:text}`prec_seed_backbone:.2f`x on its GPU
 #   (published figure, a different machine: compare ratios only).
-# - Agreement of `{glue:text}`prec_pick`` with fp32: {glue:text}`prec_pick_matched:.3f` of detections
-#   matched both ways, box IoU {glue:text}`prec_pick_box_iou:.4f`, backbone feature relative error
-#   {glue:text}`prec_pick_feat_err:.4f`. That is agreement with random weights, not mAP: give a real
-#   checkpoint and COCO annotations to get AP.
+# - Accuracy of `{glue:text}`prec_pick`` against fp32: {glue:md}`prec_pick_accuracy`
+# - Agreement of `{glue:text}`prec_pick`` with fp32 on the timed images: {glue:text}`prec_pick_matched:.3f` of
+#   the detections with score ≥ 0.3 matched both ways, box IoU {glue:text}`prec_pick_box_iou:.4f`, backbone
+#   feature relative error {glue:text}`prec_pick_feat_err:.4f`.
 
 # %% [markdown]
 # ## Environment of this run

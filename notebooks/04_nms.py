@@ -82,8 +82,9 @@ cross
 
 # %% [markdown] tags=["method"]
 # ## 2. C4 versus FPN, per stage
-# Faster and Mask R-CNN, R-50 C4 and R-50 FPN, mmdet's packaged configs with conditioned random weights, at
-# the same scale and detections per image. `rpn.nms` sits inside `rpn`, `roi_bbox.nms` inside `roi_bbox`.
+# Faster and Mask R-CNN, R-50 C4 and R-50 FPN, mmdet's packaged configs at the same scale and detections per
+# image: the C4 models with conditioned random weights (the trained weights do not fit them), the FPN models
+# with the trained weights (Faster FPN takes the Mask R-CNN's box parts); the environment table names each. `rpn.nms` sits inside `rpn`, `roi_bbox.nms` inside `roi_bbox`.
 # C4 has no `neck` row: its RoI head runs res5 on every RoI (up to 1000 boxes, then again on the mask RoIs)
 # and its masks are 14x14.
 
@@ -165,7 +166,7 @@ words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_gro
 # - Raising C4's pre-NMS N from {glue:text}`nms_c4_pre_lo` to {glue:text}`nms_c4_pre_hi` multiplies the
 #   median of `rpn.nms` by {glue:text}`nms_c4_nms_growth:.1f`x here. On the synthetic clusters, top-1000 keeps
 #   {glue:text}`nms_recall_1000:.2f` of the objects; what a cut N keeps on real images depends on how well
-#   trained scores rank proposals, which random weights cannot show.
+#   trained scores rank proposals, which this chapter does not score.
 # - Both libraries' `batched_nms` switch strategy at a fixed size (torchvision at 1000 boxes on the CPU,
 #   mmcv at 10000), see the workbench's docstring.
 # - Detectron's published model zoo (end-to-end, 1x, its total a + b: GPU code plus CPU code) has C4 at {glue:text}`dz_faster_c4_over_fpn:.2f`x

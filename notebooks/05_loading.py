@@ -53,7 +53,7 @@ stream = [photos[i % len(photos)].data for i in range(n_stream)]
 # %% [markdown] tags=["method"]
 # The model runs with the choices `optimize` makes (`Choices.auto()`): loading matters more when compute is
 # fast. Per case, the serial profile says where the serial time goes; then serial and overlapped passes over
-# a stream of `n_stream` encoded JPEGs (the sample photos, repeated), which the reader decodes.
+# a stream of `n_stream` encoded JPEGs (the val images, repeated), which the reader decodes.
 
 # %% tags=["nbval-ignore-output", "hide-cell"]
 for case in cases:

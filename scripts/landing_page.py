@@ -57,7 +57,7 @@ def chart(data: dict, out: Path) -> list[str]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(base64.b64decode(data["image/png"]))
     return ["```{image} " + f"{out.parent.name}/{out.name}", ":width: 100%",
-            ":alt: each ladder row's speed-up against stock, with its interval", "```"]
+            ":alt: each ladder row's speed-up against stock, with its interval and its accuracy word", "```"]
 
 
 def paste(chapter: str, key: str, folder: str = "executed") -> list[str]:
@@ -82,9 +82,11 @@ def render(executed: Path, results: Path, current: str, out: Path) -> str:
         "An executable performance study of MMDetection's Mask R-CNN at inference, and the small library it "
         "measures. Each line below is pasted from the chapter it names, where it is generated from that "
         "chapter's recorded rows: a speed-up is a ratio of medians with its interval over interleaved repeats, "
-        "and a verdict follows the method page's rule, held to the A/A noise floor of its own sweep. The "
-        "chapters' committed runs used seeded, conditioned weights: their agreement figures say whether an "
-        "optimization changes the computation, not what it does to AP.", "",
+        "and a verdict follows the method page's rule, held to the A/A noise floor of its own sweep; an "
+        "accuracy word follows the method page's accuracy rule on delta AP against `stock` on held-out images. "
+        "Each chapter's environment table names the weights its run used (the trained model's, or seeded "
+        "conditioned ones, whose agreement figures say whether an optimization changes the computation, not "
+        "what it does to AP).", "",
         f"Machine of the ladder's run: {machine(load_env(results, ladder_run)) if ladder_run else 'no run yet'}. "
         "Every run, with its commit and how to repeat it, is on the [results page](results.md); the study's "
         "method is on the [method page](method.md) and its sources on the [about page](intro.md).", "",

@@ -95,3 +95,127 @@ def test_the_accuracy_rule_keeps_changes_or_cannot_tell():
     assert accuracy_word(d(-0.015, 0.003), None, 100) == CANNOT_TELL  # straddles the margin
     assert accuracy_word(d(-0.004, 0.003), None, 49) == CANNOT_TELL  # too few images
     assert delta_text(d(-0.004, 0.002)) == "-0.001 (95% CI -0.004 to +0.002, 100 images)"
+
+
+def test_an_image_drawn_twice_counts_like_two_copies_of_it(scene):
+    """A bootstrap resample's repeats: weighting an image's detections equals scoring a duplicate of it."""
+    path, results = scene
+    ann = json.loads(path.read_text())
+    draw = [0, 0, 3, 5, 5, 5, 9]
+    ids = [ann["images"][i]["id"] for i in draw]
+    images, anns, res = [], [], []
+    for k, i in enumerate(ids, start=100):  # each draw a new image id, its objects and detections copied
+        images.append({**next(im for im in ann["images"] if im["id"] == i), "id": k})
+        anns += [{**a, "image_id": k} for a in ann["annotations"] if a["image_id"] == i]
+        res += [{**r, "image_id": k} for r in results if r["image_id"] == i]
+    anns = [{**a, "id": n} for n, a in enumerate(anns, start=1)]
+    dup = path.with_name("dup.json")
+    dup.write_text(json.dumps({**ann, "images": images, "annotations": anns}))
+    ev = A.per_image(results, path)
+    assert A.ap(ev, draw) == pytest.approx(coco_ap(res, dup, ("bbox",))["bbox_AP"], abs=1e-12)
+
+
+def test_the_bootstrap_interval_covers_a_known_delta():
+    """Synthetic detections: the test side loses one object in five at random (its detection gone); over many
+    images the interval holds the full-set delta, lies below zero, and narrows as images are added."""
+    import tempfile
+    from pathlib import Path
+
+    rng = np.random.default_rng(11)
+    images, anns, ref, test = [], [], [], []
+    for i in range(1, 201):
+        images.append({"id": i, "file_name": f"{i}.png", "width": 100, "height": 100})
+        for j in range(3):
+            box = [10.0 + 25 * j, 10.0, 20.0, 20.0]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": 1, "bbox": box, "area": 400.0,
+                         "iscrowd": 0, "segmentation": [_square(box[0], box[1], 20.0)]})
+            det = {"image_id": i, "category_id": 1, "bbox": box, "score": float(rng.uniform(0.5, 1))}
+            ref.append(det)
+            if rng.random() > 0.2:
+                test.append(det)
+    path = Path(tempfile.mkdtemp()) / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    r, t = A.per_image(ref, path), A.per_image(test, path)
+    d = A.delta_ap(r, t, n_boot=300)
+    assert d.lo <= d.delta <= d.hi < 0 and d.delta == pytest.approx(A.ap(t) - A.ap(r))
+    few = A.delta_ap(A.per_image(ref, path, img_ids=range(1, 21)), A.per_image(test, path, img_ids=range(1, 21)),
+                     n_boot=300)
+    assert few.hi - few.lo > d.hi - d.lo
+
+
+def test_the_rule_on_recorded_rows():
+    import pandas as pd
+
+    from mmdet_speedup.study import words
+
+    def row(box, mask, n=100, **kw):
+        return pd.Series({"images": n, "box_dAP": sum(box) / 2, "box_dAP_lo": box[0], "box_dAP_hi": box[1],
+                          "mask_dAP": sum(mask) / 2, "mask_dAP_lo": mask[0], "mask_dAP_hi": mask[1], **kw})
+
+    assert words.row_accuracy(row((-0.004, 0.003), (-0.009, 0.0))) == "keeps accuracy"
+    assert words.row_accuracy(row((-0.004, 0.003), (-0.03, -0.012))) == "changes accuracy"
+    assert words.row_accuracy(row((-0.015, 0.003), (-0.001, 0.001))) == "cannot tell"
+    assert words.row_accuracy(row((-0.004, 0.003), (-0.001, 0.001), n=49)) == "cannot tell"
+    assert words.row_accuracy(pd.Series({"images": 100, "error": "ValueError: no detections"})) == "error"
+    acc = pd.DataFrame([row((0, 0), (0, 0), n=20, pass_of="stock"), row((-0.004, 0.003), (-0.009, 0.0), n=20,
+                        pass_of="stock")], index=["stock", "x"])
+    assert words.accuracy_table(acc)["accuracy"].tolist() == ["reference", "cannot tell"]
+    assert "every row's word is \"cannot tell\"" in words.accuracy_sentence(acc)  # said once, for the table
+
+
+class _FakePipe:
+    """A pipeline stand-in: fixed detections per image, its choices, and a count of the images it ran."""
+
+    def __init__(self, model, choices, dets):
+        self.model, self.choices, self.dets, self.ran = model, choices, dets, 0
+
+    def prime(self, images):
+        pass
+
+    def __call__(self, path):
+        self.ran += 1
+        return self.dets(path)
+
+
+def test_rows_with_one_numerics_key_share_one_pass(scene, monkeypatch):
+    import torch
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmdet_speedup import Choices
+    from mmdet_speedup.pipeline import Detections
+
+    path, _ = scene
+    cfg = Config(dict(model=dict(test_cfg=dict(rpn=dict(nms_pre=1000), rcnn=dict(max_per_img=100))),
+                      test_dataloader=dict(dataset=dict(pipeline=[dict(type="Resize", scale=(200, 200))]))))
+    head = SimpleNamespace(bbox_head=SimpleNamespace(num_classes=80))
+    model = SimpleNamespace(cfg=cfg, roi_head=head)
+
+    def dets(p):
+        return Detections(torch.tensor([[10.0, 10.0, 50.0, 50.0]]), torch.tensor([0.9]), torch.tensor([0]), None)
+
+    scorer = A.Scorer(path, path.parent, images=5)
+    stock, threaded = _FakePipe(model, Choices(), dets), _FakePipe(model, Choices(roi_align="threaded", masks="raw"), dets)
+    cast = _FakePipe(model, Choices(precision="bf16"), dets)
+    a, b, c = scorer.score("stock", stock), scorer.score("threaded", threaded), scorer.score("bf16", cast)
+    assert b is a and c is not a and b.by == "stock"
+    assert stock.ran == 5 and threaded.ran == 1 and cast.ran == 5  # the sharer ran only the image its key needs
+    assert scorer.row("threaded", b, a)["box_dAP"] == 0.0
+
+
+def test_a_row_without_detections_is_refused(scene):
+    import torch
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmdet_speedup import Choices
+    from mmdet_speedup.pipeline import Detections
+
+    path, _ = scene
+    cfg = Config(dict(model=dict(test_cfg=dict()), test_dataloader=dict(dataset=dict(pipeline=[]))))
+    model = SimpleNamespace(cfg=cfg, roi_head=SimpleNamespace(bbox_head=SimpleNamespace(num_classes=80)))
+    empty = _FakePipe(model, Choices(), lambda p: Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), None))
+    with pytest.raises(ValueError, match="no detections on any of the 3 scored images"):
+        A.Scorer(path, path.parent, images=3).score("empty", empty)

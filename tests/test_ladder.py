@@ -93,12 +93,31 @@ def _rows(case: str, totals: dict[str, list[float]], stages: dict[str, float] | 
     return pd.DataFrame(out)
 
 
+ACC = ["Δ box AP", "Δ mask AP", "accuracy"]
+
+
+def _acc(case: str, deltas: dict[str, tuple[float, float]], n: int = 100) -> pd.DataFrame:
+    """Accuracy rows as ``Chapter.accuracy`` records them: each row's box and mask delta interval."""
+    return pd.DataFrame([{"row": r, "case": case, "images": n, "box_dAP": (lo + hi) / 2, "box_dAP_lo": lo,
+                          "box_dAP_hi": hi, "mask_dAP": (lo + hi) / 2, "mask_dAP_lo": lo, "mask_dAP_hi": hi}
+                         for r, (lo, hi) in deltas.items()])
+
+
+def test_case_table_carries_each_scored_rows_accuracy():
+    rows = _rows("c", {"stock": [100.0, 100.0], "+compile": [40.0, 60.0], "+fold BN": [90.0, 90.0]})
+    acc = _acc("c", {"stock": (0.0, 0.0), "+compile": (-0.004, 0.003), "+fold BN": (-0.03, -0.02)})
+    t = cases.case_table(rows, None, ["stock", "+compile", "+fold BN", "legacy"], acc)
+    assert t["accuracy"].tolist() == ["reference", "keeps accuracy", "changes accuracy", ""]
+    assert t.loc["+compile", "Δ box AP"] == "-0.001 (-0.004 to +0.003)"
+
+
 def test_case_table_speedups_workload_and_agreement():
     rows = _rows("c", {"stock": [100.0, 100.0], "+compile": [40.0, 60.0]}, {S.CONSUMER_RLE: 10.0})
     eq = pd.DataFrame({"row": ["+compile", "+compile"], "case": ["c", "c"], "matched_ref": [0.9, 1.0],
                        "box_iou_mean": [0.99, 0.97], "mask_iou_mean": [0.8, 0.9]})
     t = cases.case_table(rows, eq, ["legacy", "stock", "+compile"])
-    assert list(t.index) == ["legacy", "stock", "+compile"] and t.loc["legacy"].drop("results").isna().all()
+    assert list(t.index) == ["legacy", "stock", "+compile"] and t.loc["legacy"].drop(["results", *ACC]).isna().all()
+    assert (t[ACC] == "").all().all()  # nothing scored: the accuracy columns are empty
     assert t.loc["+compile", S.TOTAL] == 50.0
     assert t.loc["+compile", "total + rle"] == 60.0
     assert t.loc["+compile", "speed-up"] == pytest.approx(2.0)
@@ -130,7 +149,7 @@ def test_tables_split_cases_and_tolerate_cases_without_agreement():
 
 
 def test_stage_bounds_of_the_path_on_the_small_model(mask_rcnn, image):
-    """Bound (a) comes from this run's rows that keep results; bound (b) from FLOPs and bytes over peaks."""
+    """Bound (a) comes from this run's rows that keep accuracy; bound (b) from FLOPs and bytes over peaks."""
     lad = ladder.Ladder("cpu", 100)
     lad.climb(_pilot({"masks"}))
     assert lad.path == "+raw masks"
@@ -140,11 +159,12 @@ def test_stage_bounds_of_the_path_on_the_small_model(mask_rcnn, image):
                       for v, f in (("stock", 2.0), ("+raw masks", 1.0), ("+compile", 0.5))])
     eq = pd.DataFrame({"row": ["+raw masks", "+compile"], "case": ["c", "c"], "matched_ref": [1.0, 0.5],
                        "matched_test": [1.0, 0.5], "box_iou_mean": [1.0, 0.5], "mask_iou_mean": [1.0, 0.5]})
-    table = cases.case_table(rows, eq, lad.rows)
+    table = cases.case_table(rows, eq, lad.rows, _acc("c", {"stock": (0, 0), "+raw masks": (-0.002, 0.002),
+                                                           "+compile": (-0.05, -0.02)}))
     peaks = {"matmul_gflops": {"float32": 100.0, "bfloat16": 200.0}, "copy_gbps": 10.0}
     b = lad.stage_bounds(mask_rcnn, str(image), table, peaks)
     assert list(b.index) == list(stages)
-    assert b.loc[S.BACKBONE, "best measured ms"] == 400.0  # never +compile's 200: it changes results
+    assert b.loc[S.BACKBONE, "best measured ms"] == 400.0  # never +compile's 200: it changes accuracy
     assert (b["best row"] == "+raw masks").all() and (b["best measured ms"] <= b["path ms"]).all()
     assert 0 < b.loc[S.BACKBONE, "roofline floor ms"]  # GFLOP over 200 GFLOP/s
     assert b.loc[S.LOAD, "roofline floor ms"] < 2.0  # a decoded image over 10 GB/s

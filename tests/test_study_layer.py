@@ -70,17 +70,21 @@ def test_overlapping_rows_are_tied_and_a_clear_lead_is_named():
 def _table() -> pd.DataFrame:
     return pd.DataFrame({S.PREPROCESS: [5.0, 4.0, 1.0, 6.0], S.DATA_PREPROCESSOR: [5.0, 4.0, 9.5, 6.0],
                          S.BACKBONE: [100.0, 40.0, 30.0, 10.0], S.RPN: [20.0, 15.0, 14.0, 2.0],
-                         "results": ["", "preserves results", "exact", "changes results"]},
+                         "results": ["", "preserves results", "exact", "preserves results"],
+                         "accuracy": ["reference", "keeps accuracy", "", "changes accuracy"]},
                         index=["stock", "path", "other", "int8"])
 
 
-def test_a_bound_from_a_result_changing_or_other_workload_row_is_refused():
+def test_a_bound_from_an_accuracy_changing_or_other_workload_row_is_refused():
     from mmdet_speedup.study.ladder import Ladder
 
     t = _table()
     lad = Ladder("cpu", 100)
+    assert lad.bound_rows(t) == ["stock", "path", "other"]  # kept accuracy, or exactly stock's outputs
     keep = lad.bound_rows(t.rename(index={"other": lad.fewer}))
-    assert "int8" not in keep and lad.fewer not in keep and "stock" in keep
+    assert "int8" not in keep and lad.fewer not in keep and "stock" in keep  # int8 preserves, but changes AP
+    unscored = lad.bound_rows(t.assign(accuracy=""))
+    assert unscored == ["stock", "other"]  # agreement alone no longer admits a row
     best = roofline.best_measured(t, ["stock", "path", "other"])
     assert best.loc[S.BACKBONE, "row"] == "other" and best.loc[S.BACKBONE, "ms"] == 30.0  # never int8's 10
     # the pre-processing halves come from one row: `path` (4 + 4), not `other`'s 1 beside `path`'s 4

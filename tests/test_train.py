@@ -97,3 +97,19 @@ def test_autocast_runs_backbone_and_neck_in_bf16_and_hands_the_heads_fp32():
     assert all(f.dtype == torch.float32 for f in feats)
     assert seen["rpn_head.rpn_conv"][0] == torch.float32
     assert load_config(train.CONFIG).model.backbone.norm_eval is True  # the study's config itself is untouched
+
+
+def test_a_later_stage_reports_every_stage_and_counts_iterations_from_the_first(tmp_path):
+    import json
+
+    import pandas as pd
+
+    (tmp_path / "earlier_record.json").write_text(json.dumps(dict(recipe={"iters": 10}, iterations=8,
+                                                                  seconds_in_loop=30.0)))
+    pd.DataFrame({"iter": [4, 8], "loss": [2.0, 1.5]}).to_csv(tmp_path / "earlier_curve.csv", index=False)
+    now = pd.DataFrame({"iter": [3, 6], "loss": [1.4, 1.2]})
+    parts, curve = train.stages(tmp_path, replace(RECIPE, init="w.safetensors"), 6, 20.0, now)
+    assert [p["iterations"] for p in parts] == [8, 6] and parts[1]["seconds_in_loop"] == 20.0
+    assert curve["iter"].tolist() == [4, 8, 11, 14] and curve["stage"].tolist() == [1, 1, 2, 2]
+    alone, curve = train.stages(tmp_path, RECIPE, 6, 20.0, now)  # no init: one stage, whatever the folder holds
+    assert len(alone) == 1 and curve["stage"].tolist() == [1, 1]

@@ -60,35 +60,59 @@ def per_image(results: list[dict], ann_file: str | Path, iou_type: str = "bbox",
     return PerImage(iou_type, tuple(p.imgIds), tuple(p.catIds), cells, np.asarray(p.recThrs), len(p.iouThrs))
 
 
+def _flat(ev: PerImage) -> list[tuple]:
+    """Per category with ground truth somewhere: its detections over all images in ``COCOeval.accumulate``'s
+    order (score descending, ties in image order), each one's image, matches and ignore flags, and the counted
+    ground truths per image. Built once per evaluation; every resample reuses it."""
+    flat = getattr(ev, "_flat_cache", None)
+    if flat is not None:
+        return flat
+    n = len(ev.image_ids)
+    flat = []
+    for k in range(len(ev.cat_ids)):
+        cells = [(i, ev.cells[(k, i)]) for i in range(n) if (k, i) in ev.cells]
+        if not cells:
+            continue
+        npig = np.zeros(n)
+        for i, c in cells:
+            npig[i] = c[3]
+        scores = np.concatenate([c[0] for _, c in cells])
+        order = np.argsort(-scores, kind="mergesort")
+        img = np.concatenate([np.full(len(c[0]), i) for i, c in cells])[order]
+        dtm = np.concatenate([c[1] for _, c in cells], axis=1)[:, order]
+        dtig = np.concatenate([c[2] for _, c in cells], axis=1)[:, order]
+        flat.append((img, (dtm & ~dtig).astype(float), (~dtm & ~dtig).astype(float), npig))
+    object.__setattr__(ev, "_flat_cache", flat)
+    return flat
+
+
 def ap(ev: PerImage, images: Sequence[int] | np.ndarray | None = None) -> float:
     """COCO AP@[.5:.95] over ``images`` (indices into ``ev.image_ids``, repeats allowed: a bootstrap sample;
     default every image once), accumulated as ``COCOeval.accumulate`` does: per category and IoU threshold the
-    precision envelope at 101 recall points, averaged over those with ground truth; -1 where none has any."""
-    idx = np.arange(len(ev.image_ids)) if images is None else np.sort(np.asarray(images))
+    precision envelope at 101 recall points, averaged over those with ground truth; -1 where none has any.
+
+    An image drawn c times counts each of its detections and ground truths c times: its detections enter the
+    cumulative sums with weight c, which gives the same envelope as c adjacent copies would."""
+    n = len(ev.image_ids)
+    weight = np.ones(n) if images is None else np.bincount(np.asarray(images, dtype=int), minlength=n).astype(float)
     values = []
-    for k in range(len(ev.cat_ids)):
-        parts = [ev.cells[(k, i)] for i in idx if (k, i) in ev.cells]
-        if not parts:
-            continue
-        npig = sum(c[3] for c in parts)
+    for img, tp_flag, fp_flag, npig_per_image in _flat(ev):
+        npig = float(weight @ npig_per_image)
         if npig == 0:
             continue
-        scores = np.concatenate([c[0] for c in parts])
-        order = np.argsort(-scores, kind="mergesort")
-        dtm = np.concatenate([c[1] for c in parts], axis=1)[:, order]
-        dtig = np.concatenate([c[2] for c in parts], axis=1)[:, order]
-        tp = np.cumsum(dtm & ~dtig, axis=1, dtype=float)
-        fp = np.cumsum(~dtm & ~dtig, axis=1, dtype=float)
-        for t in range(ev.n_thrs):
-            q = np.zeros(len(ev.rec_thrs))
-            if tp.shape[1]:
-                rc = tp[t] / npig
-                pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
-                pr = np.maximum.accumulate(pr[::-1])[::-1]  # the precision envelope
-                ins = np.searchsorted(rc, ev.rec_thrs, side="left")
-                ok = ins < len(pr)
-                q[ok] = pr[ins[ok]]
-            values.append(q)
+        w = weight[img]
+        tp = np.cumsum(tp_flag * w, axis=1)
+        fp = np.cumsum(fp_flag * w, axis=1)
+        q = np.zeros((ev.n_thrs, len(ev.rec_thrs)))
+        if tp.shape[1]:
+            rc = tp / npig
+            pr = tp / (fp + tp + np.spacing(1))
+            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the precision envelope
+            for t in range(ev.n_thrs):
+                ins = np.searchsorted(rc[t], ev.rec_thrs, side="left")
+                ok = ins < pr.shape[1]
+                q[t, ok] = pr[t, ins[ok]]
+        values.append(q)
     return float(np.mean(values)) if values else -1.0
 
 
@@ -117,3 +141,106 @@ def delta_ap(ref: PerImage, test: PerImage, *, n_boot: int = 1000, level: float 
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     d = b - a
     return Delta(d, float(min(lo, d)), float(max(hi, d)), n, a, b)
+
+
+# -- scoring rows: one untimed pass per distinct numerics -------------------------------------------------
+#: Detection-level agreement is kept as a diagnostic over the detections at least this confident.
+CONFIDENT = 0.3
+
+
+def numerics_key(pipe) -> str:
+    """What decides a pipeline's outputs; pipelines with one key give the same detections by construction, so
+    one pass serves them all. Left out: RoIAlign's implementation (mmcv's, torchvision's and the threaded one
+    are bit-identical) and the mask form (``box`` and ``raw`` paste back to ``full``, and scoring pastes them).
+    A choice measured at run time (``auto`` pre-processing, runtime) enters as what it picked, so the key is
+    read after the pipeline's first image."""
+    import json
+
+    c, cfg = pipe.choices, pipe.model.cfg
+    test_cfg = json.dumps(cfg.model.test_cfg.to_dict(), sort_keys=True, default=str)
+    pre = getattr(pipe, "last_preprocess", None) or c.preprocess
+    runtime = getattr(pipe, "last_runtime", None) or c.runtime
+    scale = next((s.get("scale") for s in cfg.test_dataloader.dataset.pipeline if s.get("type") == "Resize"), None)
+    parts = [getattr(pipe.model, "mmdet_speedup_config", ""), f"scale={scale}", test_cfg, pre, c.precision,
+             f"cl={c.channels_last}", f"foldbn={c.fold_bn}", f"compile={c.compile}", runtime]
+    return "|".join(str(p) for p in parts)
+
+
+@dataclass
+class Scored:
+    """One pass's detections on the scored images, evaluated once per image (box, and mask where present)."""
+
+    key: str
+    results: list[dict]
+    evals: dict[str, PerImage]
+    seconds: float
+    by: str  # the row whose pass this is
+
+
+class Scorer:
+    """Scores pipelines on the first ``images`` of a labelled split, one untimed pass per numerics key (cached
+    for the scorer's life: a chapter's run), and compares each with a reference pass by delta AP."""
+
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, images: int | None = None) -> None:
+        import json
+
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        self.doc = json.loads(self.ann_file.read_text())
+        self.images = self.doc["images"][:images]
+        if not self.images:
+            raise ValueError(f"{self.ann_file} has no images to score")
+        self.passes: dict[str, Scored] = {}
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [im["id"] for im in self.images]
+
+    def paths(self) -> list[str]:
+        return [str(self.image_dir / im["file_name"]) for im in self.images]
+
+    def score(self, label: str, pipe, key: str | None = None, num_classes: int | None = None) -> Scored:
+        """``pipe``'s pass, or the cached pass of an earlier row with the same numerics key. A pipe that is not a
+        ``StagedPipeline`` (a deployed graph: any callable from an image path to ``Detections``) passes its own
+        ``key`` and ``num_classes``."""
+        import time
+
+        from .cascade import final
+        from .coco import category_ids, to_coco_results
+
+        if num_classes is None:
+            num_classes = final(pipe.model.roi_head.bbox_head).num_classes
+        cats = category_ids(self.doc, num_classes, self.ann_file)
+        paths = self.paths()
+        if key is not None and key in self.passes:
+            return self.passes[key]
+        t = time.perf_counter()
+        if key is None:
+            pipe.prime(paths[:1])
+        first = pipe(paths[0])
+        key = key or numerics_key(pipe)
+        if key in self.passes:
+            return self.passes[key]
+        results = to_coco_results(first, self.images[0]["id"], cats)
+        for im, path in zip(self.images[1:], paths[1:]):
+            results += to_coco_results(pipe(path), im["id"], cats)
+        seconds = time.perf_counter() - t
+        if not results:
+            raise ValueError(f"no detections on any of the {len(paths)} scored images: nothing to score")
+        stray = {r["image_id"] for r in results} - set(self.image_ids)
+        if stray:
+            raise ValueError(f"detections for image ids {sorted(stray)[:5]} that are not among the scored images")
+        types = ["bbox"] + (["segm"] if "segmentation" in results[0] else [])
+        evals = {t_: per_image(results, self.ann_file, t_, self.image_ids) for t_ in types}
+        self.passes[key] = Scored(key, results, evals, seconds, label)
+        return self.passes[key]
+
+    def row(self, label: str, scored: Scored, ref: Scored, n_boot: int = 1000) -> dict:
+        """One accuracy row: AP, delta AP against ``ref`` with its paired interval, and the pass it came from."""
+        out = {"row": label, "images": len(self.images), "pass_of": scored.by, "pass_s": round(scored.seconds, 2),
+               "key": scored.key}
+        for t_, name in (("bbox", "box"), ("segm", "mask")):
+            if t_ in scored.evals and t_ in ref.evals:
+                d = delta_ap(ref.evals[t_], scored.evals[t_], n_boot=n_boot)
+                out |= {f"{name}_AP": d.test_ap, f"{name}_dAP": d.delta, f"{name}_dAP_lo": d.lo,
+                        f"{name}_dAP_hi": d.hi}
+        return out

@@ -85,15 +85,24 @@ class Chapter:
 
     def model(self, config: str | None = None, *, scale: str | None = None, dets: int | None = None,
               rpn_proposals: int | None = None):
-        """The chapter's detector (conditioned random weights unless ``checkpoint`` is set); each knob defaults to
-        the parameter of the same name, else to the config's value."""
-        from .models import Workload, build_detector, parse_size
+        """The chapter's detector: ``checkpoint`` where set, else the ``weights`` parameter (default ``auto``: the
+        repository's trained weights where they fit the config, conditioned random ones elsewhere); each knob
+        defaults to the parameter of the same name, else to the config's value."""
+        from .models import Workload, build_detector, check_weights, config_path, parse_size
 
         p = self.params
         workload = Workload(scale=parse_size(scale or p.get("scale")), dets_per_image=dets or p.get("dets"),
                             rpn_proposals=rpn_proposals or p.get("rpn_proposals"))
-        return build_detector(config or p["config"], checkpoint=p.get("checkpoint"),
-                              weights=p.get("weights", "conditioned"), device=str(self.device), workload=workload)
+        config, weights = config or p["config"], p.get("weights", "auto")
+        model = build_detector(config, checkpoint=p.get("checkpoint"), weights=weights, device=str(self.device),
+                               workload=workload)
+        used = self.__dict__.setdefault("_weights_used", {})
+        name = config_path(config).stem
+        if name not in used:  # the environment record names the weights each model of the run had
+            used[name] = (f"checkpoint {Path(p['checkpoint']).name}" if p.get("checkpoint") else
+                          "trained (data/weights/)" if check_weights(config, weights) else "conditioned random")
+            self.record_environment(weights_used=used)
+        return model
 
     def profiler(self, model, **kw):
         """A profiler that records into this chapter's rows, with its ``warmup`` and the study's repeat rule for the
@@ -109,10 +118,74 @@ class Chapter:
         return Profiler(model, device=str(self.device), **kw)
 
     def samples(self, size: str | None, n: int | None = None) -> list:
-        """The first ``n`` (default ``n_images``) sample photos, re-encoded at ``size`` (WxH)."""
+        """The first ``n`` (default ``n_images``) images the model is scored on, re-encoded at ``size`` (WxH):
+        the generated val split at that size's case (a COCO folder's val2017 where ``coco`` is set), or the
+        sample photos in ``data/images/`` with ``weights="conditioned"``."""
         from .profiler import prepare_inputs
 
-        return prepare_inputs(default_images(n or self.params.get("n_images")), size)
+        n = n or self.params.get("n_images")
+        if self.params.get("weights") == "conditioned" and not self.params.get("coco"):
+            return prepare_inputs(default_images(n), size)
+        ann, img_dir = self.val_split(size, n)
+        doc = json.loads(Path(ann).read_text())
+        return prepare_inputs([str(Path(img_dir) / im["file_name"]) for im in doc["images"][:n]], size)
+
+    def calibration_samples(self, size: str | None, n: int | None = None) -> list:
+        """``n`` (default ``n_images``) images for int8 calibration, re-encoded at ``size``: from the train split,
+        never from the images a row is timed or scored on."""
+        return calibration_samples(size, n or self.params.get("n_images"))
+
+    def val_split(self, size: str | None = None, n: int | None = None) -> tuple[Path, Path]:
+        """The annotation file and image folder the chapter scores on: COCO val2017 where ``coco`` is set, else
+        the generated val split of the case ``size`` belongs to (3840x2304 above 1333x800's area), its first
+        ``n`` images (all where ``n`` is None)."""
+        from .checks import coco_folder
+        from .models import parse_size
+        from .synth import SPLITS, generate, image_dir
+
+        if self.params.get("coco"):
+            return coco_folder(self.params["coco"])
+        w, h = parse_size(size) or SPLITS["val"].size
+        name = "val_3840x2304" if w * h > 1333 * 800 else "val"
+        ann = generate(name, images=min(n, SPLITS[name].images) if n else None)
+        return ann, image_dir(ann)
+
+    def accuracy(self, name: str, pipelines: Mapping[str, Any], reference: str = "stock", *,
+                 size: str | None = None, images: int | None = None, **extra) -> pd.DataFrame:
+        """Each pipeline scored on the first ``images`` (default ``val_images``) of ``val_split(size)``, one
+        untimed pass per numerics key (``accuracy.Scorer``), against ``reference``'s pass: delta box and mask
+        AP with paired bootstrap intervals, recorded as ``name``; read back, one row per label.
+
+        ``pipelines`` maps a row label to a function returning a ``StagedPipeline``, or a ``(callable, key,
+        num_classes)`` triple for a pipeline of another kind (a deployed graph): one that fails (building,
+        running or scoring) becomes an error row and the others go on; without a reference pass every row is.
+        """
+        from .accuracy import Scorer
+
+        n = images or self.params.get("val_images")
+        ann, img_dir = self.val_split(size, n)
+        key = (str(ann), n)
+        scorers = self.__dict__.setdefault("_scorers", {})
+        scorer = scorers.setdefault(key, Scorer(ann, img_dir, n))
+        scored, rows = {}, []
+        for label in [reference, *[k for k in pipelines if k != reference]]:
+            try:
+                made = pipelines[label]()
+                scored[label] = scorer.score(label, *made) if isinstance(made, tuple) else scorer.score(label, made)
+            except Exception as e:
+                rows.append({"row": label, "images": len(scorer.images), "error": f"{type(e).__name__}: {e}"})
+        ref = scored.get(reference)
+        for label, s in scored.items():
+            if ref is None:
+                rows.append({"row": label, "images": len(scorer.images),
+                             "error": f"the reference {reference!r} could not be scored"})
+            else:
+                rows.append(scorer.row(label, s, ref))
+        self.record(name, pd.DataFrame(rows).assign(**extra))
+        out = self.rows(name)
+        for k, v in extra.items():
+            out = out[out[k] == v]
+        return out.drop_duplicates("row", keep="last").set_index("row").reindex(list(pipelines))
 
     def rows(self, name: str | None = None) -> pd.DataFrame:
         """This run's rows, read back from its CSV (``name``: a table recorded beside them)."""
@@ -127,8 +200,10 @@ class Chapter:
     def record(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
         return record_table(self.rec, name, df)
 
-    def equivalence(self, name: str, predictors: Mapping[str, Any], images: list, **extra) -> pd.DataFrame:
-        """Each predictor's ``equivalence_report`` on ``images``, recorded as ``name``; read back, one row per label.
+    def equivalence(self, name: str, predictors: Mapping[str, Any], images: list, *, min_score: float = 0.0,
+                    **extra) -> pd.DataFrame:
+        """Each predictor's ``equivalence_report`` on ``images`` over the detections scoring at least
+        ``min_score`` (a trained model's: ``accuracy.CONFIDENT``), recorded as ``name``; read back, one row per label.
 
         ``predictors`` maps a row label to a function returning a ``Predictor``: one that fails (building or
         checking) becomes an error row and the others go on.
@@ -136,7 +211,7 @@ class Chapter:
         reports = []
         for label, make in predictors.items():
             try:
-                r = make().equivalence_report(images)
+                r = make().equivalence_report(images, min_score=min_score)
             except Exception as e:
                 r = pd.DataFrame([{"error": f"{type(e).__name__}: {e}"}])
             reports.append(r.assign(row=label, **extra))
@@ -167,6 +242,16 @@ class Chapter:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
         return environment_table(self.run_id)
+
+
+def calibration_samples(size: str | None, n: int) -> list:
+    """The first ``n`` images of the generated train split, re-encoded at ``size`` (int8 calibration's inputs)."""
+    from .profiler import prepare_inputs
+    from .synth import SPLITS, generate, image_dir
+
+    ann = generate("train", images=min(int(n), SPLITS["train"].images))
+    doc = json.loads(Path(ann).read_text())
+    return prepare_inputs([str(image_dir(ann) / im["file_name"]) for im in doc["images"][:n]], size)
 
 
 def recorder(notebook: str, params: Mapping[str, Any], name: str | None = None) -> Recorder:
@@ -201,7 +286,8 @@ def environment_table(run_id: str) -> pd.DataFrame:
     flat = {"run": env["run_id"], "git": env["git_sha"], "benchmark version": env["benchmark_version"],
             "when": env["timestamp"], "CPU": cpu_label(env), "CPU cores": env["cpu_count"],
             "matrix ISA": " ".join(env["cpu_flags"]) or "-", "torch threads": env["torch_threads"],
-            "GPU": env["gpu"] or "none", **{k: v for k, v in env["versions"].items()}}
+            "GPU": env["gpu"] or "none", **{k: v for k, v in env["versions"].items()},
+            **{f"weights of {k}": v for k, v in (env.get("weights_used") or {}).items()}}
     return pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=list(flat))
 
 
@@ -254,9 +340,11 @@ def scaling_chart(df: pd.DataFrame, x: str, y: str, hue: str, ax=None, title: st
     return ax
 
 
-def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None = None):
+def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None = None,
+                  marks: Mapping[str, str] | None = None):
     """A ``stats.ratio_table`` as horizontal bars: each row's ratio against the baseline with its 95% interval as
-    error bars, a line at 1 (no change) and the A/A row's interval (``aa``) shaded as the noise floor."""
+    error bars, a line at 1 (no change) and the A/A row's interval (``aa``) shaded as the noise floor; ``marks``
+    (row -> text, e.g. the accuracy word) written beside each bar."""
     import matplotlib.pyplot as plt
 
     from .stats import error_bars
@@ -268,6 +356,11 @@ def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None 
     ax.barh([str(i) for i in t.index], t["ratio"], xerr=error_bars(t), color=colors, capsize=3,
             error_kw={"elinewidth": 1})
     ax.axvline(1.0, color="black", linewidth=0.8)
+    for k, (label, hi) in enumerate(zip(t.index, t["hi"].fillna(t["ratio"]))):
+        if marks and marks.get(label):
+            ax.text(float(hi) * 1.02 + 0.02, k, marks[label], va="center", fontsize=7, color="#333333")
+    if marks:
+        ax.set_xlim(right=max(1.0, float(t["hi"].fillna(t["ratio"]).max())) * 1.45)
     if aa is not None and aa in table.index:
         ax.axvspan(table.loc[aa, "lo"], table.loc[aa, "hi"], color="#dddddd", zorder=0, label="A/A noise floor")
         ax.legend(loc="lower right", fontsize=8, frameon=False)
@@ -279,15 +372,17 @@ def speedup_chart(table: pd.DataFrame, ax=None, title: str = "", aa: str | None 
     return ax
 
 
-def ratio_figure(ratios: Mapping[str, pd.DataFrame], aa: str | None = None, what: str = "against stock"):
+def ratio_figure(ratios: Mapping[str, pd.DataFrame], aa: str | None = None, what: str = "against stock",
+                 marks: Mapping[str, Mapping[str, str]] | None = None):
     """One ``speedup_chart`` per title (title -> ``stats.ratio_table``), side by side, for pasting elsewhere (the
-    landing page glues the ladder's); not shown: glue it, or display it."""
+    landing page glues the ladder's); ``marks``: per title, the text beside each row's bar. Not shown: glue it,
+    or display it."""
     import matplotlib.pyplot as plt
 
     n = max(len(t) for t in ratios.values())
     fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 0.45 * n + 1.6), squeeze=False)
     for ax, (title, table) in zip(axes[0], ratios.items()):
-        speedup_chart(table, ax=ax, title=f"{title}: speed-up {what}", aa=aa)
+        speedup_chart(table, ax=ax, title=f"{title}: speed-up {what}", aa=aa, marks=(marks or {}).get(title))
         ax.set_xlabel("speed-up (its interval, method page); blue faster, grey no measurable difference, red slower",
                       fontsize=8)
     fig.tight_layout()

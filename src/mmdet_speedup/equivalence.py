@@ -75,12 +75,18 @@ def mask_iou(a: Tensor, b: Tensor) -> float:
     return 1.0 if union == 0 else inter / union
 
 
-def compare(ref: Detections, test: Detections, iou_thr: float = 0.5) -> Agreement:
+def compare(ref: Detections, test: Detections, iou_thr: float = 0.5, min_score: float = 0.0) -> Agreement:
+    """Agreement over the detections scoring at least ``min_score`` on either side. Matching runs over all of
+    both sides, so a confident detection whose partner fell just under the cut still finds it."""
     pairs = match(ref, test, iou_thr)
-    n_r, n_t = len(ref), len(test)
+    rs, ts = ref.scores.float(), test.scores.float()
+    pairs = [p for p in pairs if rs[p[0]] >= min_score or ts[p[1]] >= min_score]
+    n_r, n_t = int((rs >= min_score).sum()), int((ts >= min_score).sum())
+    hit_r = sum(1 for i, _, _ in pairs if rs[i] >= min_score)
+    hit_t = sum(1 for _, j, _ in pairs if ts[j] >= min_score)
     ious = np.array([p[2] for p in pairs]) if pairs else np.array([np.nan])
-    sd = np.array([abs(float(ref.scores[i]) - float(test.scores[j])) for i, j, _ in pairs]) if pairs else np.array([np.nan])
-    a = Agreement(n_r, n_t, len(pairs) / n_r if n_r else 1.0, len(pairs) / n_t if n_t else 1.0,
+    sd = np.array([abs(float(rs[i]) - float(ts[j])) for i, j, _ in pairs]) if pairs else np.array([np.nan])
+    a = Agreement(n_r, n_t, hit_r / n_r if n_r else 1.0, hit_t / n_t if n_t else 1.0,
                   float(np.mean(ious)), float(np.min(ious)), float(np.max(sd)), float(np.mean(sd)))
     if ref.masks is not None and test.masks is not None and pairs:
         mr, mt = ref.mask_array(), test.mask_array()

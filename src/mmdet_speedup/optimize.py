@@ -92,8 +92,9 @@ class Predictor:
         inputs, _ = self.reference.prepare(img)
         return self.reference.outputs(img).maps, self.pipeline.features(inputs).maps
 
-    def equivalence_report(self, images: Sequence[ImageLike]) -> pd.DataFrame:
-        """One row per image: agreement with the reference, plus soft figures (features, mask probabilities)."""
+    def equivalence_report(self, images: Sequence[ImageLike], min_score: float = 0.0) -> pd.DataFrame:
+        """One row per image: agreement with the reference over detections scoring at least ``min_score``
+        (``equivalence.compare``), plus soft figures (features, mask probabilities)."""
         rows = []
         names = [getattr(i, "name", None) or (str(i) if isinstance(i, str) else f"image{k}")
                  for k, i in enumerate(images)]
@@ -106,7 +107,8 @@ class Predictor:
             same_input = inputs.shape == ref.inputs.shape and inputs.dtype == ref.inputs.dtype and \
                 bool(torch.equal(inputs, ref.inputs.to(inputs.device)))
             maps = feats.maps if same_input else self.pipeline.features(ref.inputs).maps
-            row = {"image": name, "variant": self.choices.label(), **compare(ref.detections, test).as_dict(),
+            agree = compare(ref.detections, test, min_score=min_score).as_dict()
+            row = {"image": name, "variant": self.choices.label(), **agree,
                    "feature_rel_err": relative_error(ref.maps, maps)}
             if probs is not None and ref.probs is not None:
                 row["mask_prob_diff_max"] = _prob_diff(ref, test, probs)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 #: 2.2: OpenVINO traces a static-shape part once per weights on a crop (first-call costs), A/A rows in every chapter.
 #: 2.3: the one verdict rule (A/A floor rows get no word, ranges under 5 repeats), sweep ids, the ladder's pilot
 #: recorded.
-BENCHMARK_VERSION = "2.3"
+BENCHMARK_VERSION = "3.0"
 
 COLUMNS: tuple[str, ...] = (
     "run_id", "timestamp", "git_sha", "benchmark_version", "notebook", "config", "variant",

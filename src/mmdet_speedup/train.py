@@ -212,12 +212,45 @@ def train(recipe: Recipe = Recipe(), ann_file: str | os.PathLike | None = None,
         from . import weights
 
         torch.save({"state_dict": weights.load_state(recipe.init)}, work / "init.pth")
+        keep_earlier_stages(Path(recipe.init), work)
         cfg.load_from, cfg.resume = str(work / "init.pth"), False
     (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=1))
     runner = Runner.from_cfg(cfg)
     with _own_state_loads():
         runner.train()
     return work
+
+
+def keep_earlier_stages(init: Path, work: Path) -> None:
+    """Copy the starting weights' record and learning curve into the work folder, so that the export of this
+    stage reports every stage even after it has overwritten the file it started from."""
+    from . import weights
+
+    rec = weights.read_record(init)
+    (work / "earlier_record.json").write_text(json.dumps(rec, indent=1))
+    curve = init.with_name(init.stem + "_curve.csv")
+    if curve.is_file():
+        (work / "earlier_curve.csv").write_text(curve.read_text())
+
+
+def stages(work: Path, recipe: Recipe, iterations: int, seconds: float, curve):
+    """This stage joined to the stages its starting weights came from: the per-stage list, the totals, and the
+    learning curve with iterations counted from the first stage's start (``stage`` column: 1, 2, ...)."""
+    import pandas as pd
+
+    this = dict(recipe=asdict(recipe), iterations=iterations, seconds_in_loop=seconds)
+    earlier = work / "earlier_record.json"
+    if not (recipe.init and earlier.is_file()):
+        return [this], curve.assign(stage=1)
+    rec = json.loads(earlier.read_text())
+    before = rec.get("stages") or [dict(recipe=rec["recipe"], iterations=rec["iterations"],
+                                        seconds_in_loop=rec["seconds_in_loop"])]
+    old = pd.read_csv(work / "earlier_curve.csv") if (work / "earlier_curve.csv").is_file() else curve.iloc[:0]
+    if "stage" not in old:
+        old = old.assign(stage=1)
+    offset = sum(s["iterations"] for s in before)
+    new = curve.assign(iter=curve["iter"] + offset, stage=len(before) + 1)
+    return [*before, this], pd.concat([old, new], ignore_index=True)
 
 
 @contextlib.contextmanager
@@ -329,10 +362,13 @@ def export(work_dir: str | os.PathLike | None = None, out: str | os.PathLike | N
     done = int(torch.load(last_checkpoint(work), map_location="cpu", weights_only=False)["meta"]["iter"])
     curve = learning_curve(work)
     curve = curve[curve["iter"] <= done]  # a run stopped after its last save logged iterations it lost
+    seconds = round(float(curve["time"].sum() * (curve["iter"].diff().fillna(curve["iter"].iloc[0]).mean())), 1)
+    done_stages, curve = stages(work, recipe, done, seconds, curve)
     path = Path(out) if out else weights.default_path()
     rec = weights.save(model, path, dict(
-        config=CONFIG, classes=list(synth.CLASSES), recipe=asdict(recipe), iterations=done,
-        seconds_in_loop=round(float(curve["time"].sum() * (curve["iter"].diff().fillna(curve["iter"].iloc[0]).mean())), 1),
+        config=CONFIG, classes=list(synth.CLASSES), recipe=asdict(recipe),
+        iterations=sum(s["iterations"] for s in done_stages),
+        seconds_in_loop=round(sum(s["seconds_in_loop"] for s in done_stages), 1), stages=done_stages,
         bn_reestimated_on=n, bn_seconds=round(bn_s, 1), data=f"synth v{synth.VERSION}, seed 0, train split",
         machine=cpu_identity()))
     curve.to_csv(path.with_name(path.stem + "_curve.csv"), index=False)

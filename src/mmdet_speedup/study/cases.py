@@ -35,13 +35,18 @@ def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
     return None if df is None else df[df["case"] == case]
 
 
-def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str]) -> pd.DataFrame:
+def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str],
+               accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for
     every mask as RLE), the speed-up against ``stock`` with and without it (``stats.ratio_table``: the same ratio
     its interval ``lo``-``hi`` over ``n`` repeats and its verdict are read from, held to the A/A floor), the runtime of the converted parts
     (``runtime``, where recorded), the workload each row ran (median NMS inputs and
     detections out), its agreement with ``stock`` (mean over images; empty where not checked) and what that
     agreement says (``results``: exact, preserves results or changes results, ``stats.preservation``).
+
+    With ``accuracy`` (the case's ``Chapter.accuracy`` rows, column ``row``): each scored row's delta box and
+    mask AP against ``stock`` with their intervals and the accuracy rule's word (``accuracy``; empty where the
+    row was not scored).
 
     ``rows``: the profiler's rows of one case; ``agreement``: its equivalence rows (column ``row``), or None.
     """
@@ -61,13 +66,29 @@ def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequen
     agreement = agreement if agreement is not None else pd.DataFrame(columns=["row", *AGREEMENT])
     t = t.join(agreement.reindex(columns=["row", *AGREEMENT]).groupby("row")[AGREEMENT].mean())
     t["results"] = preservation_column(t).where(t["matched_ref"].notna(), "")
+    return with_accuracy(t, accuracy)
+
+
+def with_accuracy(t: pd.DataFrame, accuracy: pd.DataFrame | None) -> pd.DataFrame:
+    """``t`` with the accuracy columns of the rows ``accuracy`` scored (last record of each row wins)."""
+    from .words import delta_cell, row_accuracy
+
+    t = t.copy()
+    t["Δ box AP"], t["Δ mask AP"], t["accuracy"] = "", "", ""
+    if accuracy is None or accuracy.empty:
+        return t
+    for label, r in accuracy.drop_duplicates("row", keep="last").set_index("row").iterrows():
+        if label in t.index:
+            t.loc[label, ["Δ box AP", "Δ mask AP"]] = [delta_cell(r, "box"), delta_cell(r, "mask")]
+            t.loc[label, "accuracy"] = "reference" if label == BASE else row_accuracy(r)
     return t
 
 
 def case_tables(rows: pd.DataFrame, agreement: pd.DataFrame | None, cases: Sequence[str],
-                order: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """``case_table`` per case (a ``case`` column in both), rows in ``order``."""
-    return {case: case_table(rows[rows["case"] == case], _of_case(agreement, case), order) for case in cases}
+                order: Sequence[str], accuracy: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """``case_table`` per case (a ``case`` column in each of the frames), rows in ``order``."""
+    return {case: case_table(rows[rows["case"] == case], _of_case(agreement, case), order,
+                             _of_case(accuracy, case)) for case in cases}
 
 
 def total_spread(rows: pd.DataFrame) -> pd.DataFrame:

@@ -22,9 +22,10 @@ from ..models import clone, set_workload
 from ..optimize import Predictor, Reference
 from ..pipeline import StagedPipeline
 from ..project import reference_dir, seed_figures
-from ..stats import EXACT, FASTER, PRESERVES, Verdict, best_of, ratio_table, row_interval, verdict
+from ..stats import EXACT, FASTER, KEEPS, Verdict, best_of, ratio_table, row_interval, verdict
 from .cases import AA, BASE, case_tables, split_case  # noqa: F401  (split_case: the chapter's cases)
-from .words import Md, findings_markdown, md_table, share_sentence, takeaway, tied_text, verdict_of
+from .words import (Md, accuracy_text, findings_markdown, md_table, share_sentence, takeaway, tied_text,
+                    verdict_of)
 
 LEGACY = "legacy"
 COMPILE = "+compile"
@@ -210,9 +211,9 @@ class Ladder:
                              for rung, v in self.rung_verdicts(rows).items() if rung in d.index]).set_index("row")
 
     def bound_rows(self, table: pd.DataFrame) -> list[str]:
-        """The rows of a case table a bound may use: ``stock`` and the rungs whose agreement check found them exact
-        or preserving results, at the study's workload (never the ``fewer`` row)."""
-        keeps = table["results"].isin([EXACT, PRESERVES])
+        """The rows of a case table a bound may use: ``stock`` and the rungs that keep accuracy by the study's rule
+        or whose outputs are exactly stock's, at the study's workload (never the ``fewer`` row)."""
+        keeps = (table["results"] == EXACT) | (table["accuracy"] == KEEPS)
         return [r for r in table.index if r != self.fewer and r != AA and (r == BASE or bool(keeps.get(r)))]
 
     def fewer_model(self, model):
@@ -234,10 +235,18 @@ class Ladder:
         makers[self.fewer] = lambda: Predictor(fewer_model, self.choices[self.path], self.device, reference=ref)
         return makers
 
-    def tables(self, rows: pd.DataFrame, agreement: pd.DataFrame | None,
-               cases: Sequence[str]) -> dict[str, pd.DataFrame]:
+    def tables(self, rows: pd.DataFrame, agreement: pd.DataFrame | None, cases: Sequence[str],
+               accuracy: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
         """``case_table`` per case, in the ladder's row order."""
-        return case_tables(rows, agreement, cases, self.rows)
+        return case_tables(rows, agreement, cases, self.rows, accuracy)
+
+    def pipelines(self, model, fewer_model, every_row: bool = True) -> dict[str, Callable[[], StagedPipeline]]:
+        """Per row, a function making its pipeline (for ``Chapter.accuracy``, against ``stock`` on ``model``); the
+        ``fewer`` row runs ``fewer_model``. Without ``every_row``, ``stock``, the path and the ``fewer`` row."""
+        rows = self.choices if every_row else {BASE: STOCK, self.path: self.choices[self.path]}
+        makers = {row: partial(StagedPipeline, model, c, self.device) for row, c in rows.items()}
+        makers[self.fewer] = partial(StagedPipeline, fewer_model, self.choices[self.path], self.device)
+        return makers
 
     def per_case(self, rows: pd.DataFrame, cases: Sequence[str],
                  summary: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
@@ -322,15 +331,17 @@ DEPENDS_ON = {
 }
 
 
-def cases_table(lad: Ladder, rows: pd.DataFrame, cases: Sequence[str]) -> pd.DataFrame:
-    """Per case: ``stock``'s and the path's ms per image (the statistic the ratio is read from), and the path
-    against ``stock`` with its interval and verdict."""
+def cases_table(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per case: ``stock``'s and the path's ms per image (the statistic the ratio is read from), the path against
+    ``stock`` with its interval and verdict, and its delta box AP with the accuracy rule's word."""
     out = {}
-    for case in cases:
+    for case, table in tables.items():
         t = ratio_table(main_rows(rows[rows["case"] == case]), BASE, aa=AA)
+        word = table.loc[lad.path, "accuracy"] or "not scored"
         out[case] = {"stock (ms per image)": f"{t.loc[BASE, 'median ms']:.0f}",
                      f"`{lad.path}` (ms per image)": f"{t.loc[lad.path, 'median ms']:.0f}",
-                     "against stock": t.loc[lad.path, "text"]}
+                     "against stock": t.loc[lad.path, "text"],
+                     "Δ box AP": table.loc[lad.path, "Δ box AP"] or "", "accuracy": word}
     df = pd.DataFrame(out).T
     df.index.name = "case (input > model scale)"
     return df
@@ -338,10 +349,10 @@ def cases_table(lad: Ladder, rows: pd.DataFrame, cases: Sequence[str]) -> pd.Dat
 
 def todo_table(lad: Ladder, rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     """What to do on this machine, from one case's verdicts: each rung against the rung it was built on, whether
-    the path kept it, what its agreement check found, and what the lever depends on."""
+    the path kept it, its accuracy against ``stock`` by the study's rule, and what the lever depends on."""
     v = lad.verdicts(rows)
     df = pd.DataFrame({"against the rung below": v["vs the rung below"], "on the path": v["kept"].map(
-        {True: "yes", False: "no"}), "results": table["results"].reindex(v.index).replace("", "not checked"),
+        {True: "yes", False: "no"}), "accuracy": table["accuracy"].reindex(v.index).replace("", "not scored"),
         "depends on": [DEPENDS_ON.get(r, "") for r in v.index]})
     df.index.name = "rung"
     return df
@@ -370,8 +381,13 @@ def _roof_text(bounds: pd.DataFrame, value: float) -> str:
     return f"every counted stage at its roofline floor (the others at the path's own time) {value:.1f}x"
 
 
+def acc_of(accuracy: pd.DataFrame, case: str) -> pd.DataFrame:
+    """One case's accuracy rows, one per row label (the last recorded)."""
+    return accuracy[accuracy["case"] == case].drop_duplicates("row", keep="last").set_index("row")
+
+
 def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame],
-             bounds: Mapping[str, pd.DataFrame], repeats: Mapping[str, str]) -> dict[str, Any]:
+             bounds: Mapping[str, pd.DataFrame], repeats: Mapping[str, str], accuracy: pd.DataFrame) -> dict[str, Any]:
     """06: per case the path against ``stock`` and against ``legacy`` (beside the seed's ratio from its own first
     row, mmdet 2.x: the same kind of baseline), the fastest result-keeping row by the verdict rule, the bounds
     from this run's rows; ``legacy`` against ``stock``, where the path's time goes, the proposal cut (its own
@@ -386,28 +402,28 @@ def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame]
         published = (f"; the seed's ladder, from its mmdet 2.x row, gained {seed.loc[scale, 'total']:.2f}x at "
                      f"{scale} on an RTX 3080 (published)" if scale in seed.index else "")
         keep = [r for r in lad.bound_rows(t) if r in set(of.loc[of["status"] == "ok", "variant"])]
-        best = (tied_text(best_of(of, keep, floor=floor), "end to end, among `stock` and the rows whose agreement "
-                          "check found them exact or preserving results")
-                if len(keep) > 1 else "no row but `stock` was found exact or preserving results at this case")
+        best = (tied_text(best_of(of, keep, floor=floor), "end to end, among `stock` and the rows that keep "
+                          "accuracy or give exactly stock's outputs")
+                if len(keep) > 1 else "no row but `stock` was found to keep accuracy at this case")
         b = roofline.bound_speedups(bounds[case])
-        measured = (f"every stage at the lowest cost a result-keeping row measured {b['best measured bound']:.2f}x"
+        measured = (f"every stage at the lowest cost an accuracy-keeping row measured {b['best measured bound']:.2f}x"
                     if b["best measured bound"] >= b["reached"] else
-                    "no bound from result-keeping rows: the path, which was not found to keep results, is faster "
-                    "than they are at every stage together")
+                    "no bound from accuracy-keeping rows: the path, which was not found to keep accuracy, is "
+                    "faster than they are at every stage together")
         head.append(f"At {case}: `{path}` (the path the pilot kept) against `stock` end to end, "
                     f"{verdict_of(vs_stock, path)}; against `legacy` (mmdet 2.x's path), "
-                    f"{verdict_of(vs_legacy, path)}{published}. Agreement with `stock`: "
-                    f"{t.loc[path, 'results'] or 'not checked'}. In the full sweep, {best}. Bounds from this run's "
+                    f"{verdict_of(vs_legacy, path)}{published}. Accuracy against `stock`: "
+                    f"{accuracy_text(acc_of(accuracy, case), path)}. In the full sweep, {best}. Bounds from this run's "
                     f"stages: {measured}; {_roof_text(bounds[case], b['roofline bound'])}.")
         stage_ms = t.loc[path, [s for s in S.STAGES if s in t.columns]].dropna()
         tail.append(f"At {case}: `legacy` against `stock`, {verdict_of(vs_stock, LEGACY)}. "
                     f"{share_sentence(stage_ms, float(t.loc[path, S.TOTAL]), f'the time of `{path}`')} "
                     f"`{lad.fewer}` (a sweep of its own) against `{path}`: "
                     f"{verdict_of(ratio_table(of[of['variant'].isin([path, lad.fewer])], path, floor=floor), lad.fewer)}"
-                    f", with {t.loc[lad.fewer, 'matched_ref']:.2f} of `stock`'s detections matched.")
+                    f"; its accuracy against `stock`: {accuracy_text(acc_of(accuracy, case), lad.fewer)}.")
     case0 = next(iter(tables))
     first = main_rows(rows[rows["case"] == case0])
     return {"lad_headline": Md(findings_markdown(head)), "lad_more": Md(findings_markdown(tail)),
             "lad_findings": Md(climb_findings(lad, first)), "lad_repeats": "; ".join(f"{c}: {r}" for c, r in repeats.items()),
-            "lad_path": path, "lad_cases": Md(md_table(cases_table(lad, rows, list(tables)))),
+            "lad_path": path, "lad_cases": Md(md_table(cases_table(lad, rows, tables))),
             "lad_todo": Md(f"At {case0}:\n\n" + md_table(todo_table(lad, first, tables[case0])))}

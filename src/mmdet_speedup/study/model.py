@@ -135,12 +135,15 @@ def curve_figure(curve: pd.DataFrame, ax) -> None:
 def recipe_table(record: dict) -> pd.DataFrame:
     """The training recipe and its cost, as the weights' record holds them."""
     r, m = record["recipe"], record.get("machine") or {}
+    parts = record.get("stages") or [dict(recipe=r, iterations=record["iterations"])]
+    stages = " + ".join(f"{s['iterations']} ({s['recipe']['warmup']} warm-up, cosine over {s['recipe']['iters']}"
+                        f"{', from the previous stage' if k else ', from scratch'})" for k, s in enumerate(parts))
     return pd.DataFrame({"value": {
-        "iterations": record["iterations"], "batch": f"{r['batch']} crops, {r['crop']} px",
+        "iterations": record["iterations"], "stages": stages, "batch": f"{r['batch']} crops, {r['crop']} px",
         "resize before the crop": f"x{r['resize'][0]:g} to x{r['resize'][1]:g} of 1333x800",
         "optimizer": f"AdamW, lr {r['lr']:g}, decay {r['weight_decay']:g}",
         "gradient norm clipped at": f"{r['clip']:g}",
-        "schedule": f"{r['warmup']} warm-up, cosine over {r['iters']} to {r['final_lr']:g} lr",
+        "schedule (each stage)": f"linear warm-up, cosine decay to {r['final_lr']:g} lr",
         "sampled RoIs per image": r["rois_per_image"],
         "time in the training loop": f"{record['seconds_in_loop'] / 3600:.2f} h, 2 cores "
                                      f"({m.get('uarch') or m.get('vendor', 'CPU')})",

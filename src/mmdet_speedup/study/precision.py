@@ -1,4 +1,4 @@
-"""Chapter 02, reduced precision: each lever against the one below it, the pick, agreement.
+"""Chapter 02, reduced precision: each lever against the one below it, the pick, its accuracy and agreement.
 """
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any
 import pandas as pd
 
 from .. import stages as S
-from ..stats import aa_floor, best_of, preservation, ratio_table, row_interval
-from .words import Md, findings_markdown, table_findings, tied_text, verdict_of
+from ..stats import aa_floor, best_of, ratio_table, row_interval
+from .words import Md, accuracy_text, findings_markdown, table_findings, tied_text, verdict_of
 
 
-def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: str, aa: str = "fp32 (A/A)") -> dict[str, Any]:
-    """02: every row against fp32; each lever on top of the one before; the pick's RoI heads, total, agreement."""
+def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: str, acc: pd.DataFrame,
+             aa: str = "fp32 (A/A)") -> dict[str, Any]:
+    """02: every row against fp32; each lever on top of the one before; the pick's RoI heads, total, accuracy
+    and agreement."""
     feat, roi = (S.BACKBONE, S.NECK), (S.ROI_BBOX, S.ROI_MASK)
     floor = row_interval(ratios.loc[aa])
     best = best_of(rows, [v for v in ratios.index if v not in ("fp32", aa)], stages=feat, floor=floor)
@@ -33,10 +35,10 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
              f"`{pick}` against `fp32`, end to end: {total}"]
     return {"prec_findings": Md(table_findings(ratios, "fp32", "backbone + neck")),
             "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {verdict_of(ratios, pick)}; end to end "
-                                f"{total}; agreement with `fp32`: {preservation(eq.loc[pick])} "
-                                f"({matched:.2f} of detections matched)."
+                                f"{total}; accuracy: {accuracy_text(acc, pick)}."
                                 + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")),
             "prec_steps": Md(findings_markdown(steps)), "prec_pick": pick,
+            "prec_pick_accuracy": Md(accuracy_text(acc, pick) + "."),
             "prec_pick_box_iou": float(eq.loc[pick, "box_iou_mean"]),
             "prec_pick_feat_err": float(eq.loc[pick, "feature_rel_err"]),
             "prec_pick_matched": matched}

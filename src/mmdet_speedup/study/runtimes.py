@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 import torch
 
-from .. import roofline, runtimes
+from .. import accuracy, roofline, runtimes
 from ..choices import STOCK, Choices
 from ..equivalence import compare
 from ..models import STUDY_SCALE, above_study_scale
@@ -126,14 +126,15 @@ class DeployedPredictor:
     def __init__(self, deployed, reference: Reference) -> None:
         self.deployed, self.reference = deployed, reference
 
-    def equivalence_report(self, images: Sequence) -> pd.DataFrame:
+    def equivalence_report(self, images: Sequence, min_score: float = 0.0) -> pd.DataFrame:
         rows = []
         for k, image in enumerate(images):
             img = load_image(image)
             start = time.perf_counter()
             test = self.deployed(img)
             rows.append({"image": f"image{k}", "variant": repr(self.deployed),
-                         **compare(self.reference.outputs(img).detections, test).as_dict(), "seconds": time.perf_counter() - start})
+                         **compare(self.reference.outputs(img).detections, test, min_score=min_score).as_dict(),
+                         "seconds": time.perf_counter() - start})
         return pd.DataFrame(rows)
 
 
@@ -191,6 +192,19 @@ def int8_versus(rows: pd.DataFrame, against: str = "ov bf16", row: str = INT8) -
                        floor=aa_floor(ok, BASE, AA, stages=stages)).loc[row]
 
 
+def scored_rows(model, staged: Mapping[str, Choices], deployed: Mapping[str, Built], device) -> dict[str, Any]:
+    """Per row, what ``Chapter.accuracy`` scores: the staged rows' pipelines, the int8 rows' calibrated ones, and
+    each deployed graph with a key of its own (its numerics are its runtime's)."""
+    classes = model.roi_head.bbox_head.num_classes
+
+    def deployed_graph(label: str, b: Built):
+        made = b.make()
+        return made if isinstance(made, StagedPipeline) else (made, f"deployed|{label}", classes)
+
+    makers: dict[str, Any] = {label: partial(StagedPipeline, model, c, device) for label, c in staged.items()}
+    return makers | {label: partial(deployed_graph, label, b) for label, b in deployed.items()}
+
+
 def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[str, Any]:
     """One case of the runtimes chapter, recorded through ``ch`` (a ``book.Chapter``): mmdeploy's export, one
     interleaved sweep of the staged and deployed rows, their first-call costs (table ``07_runtimes_first_call``)
@@ -205,11 +219,12 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     gc.collect()
     samples, model = ch.samples(size), ch.model(scale=scale)
     images = [s.data for s in samples]
+    calibration = [s.data for s in ch.calibration_samples(size)]  # train images: never a timed or scored one
     flops = roofline.stage_flops(StagedPipeline(model, device=ch.device), images[0])
     deployed, export = deployed_rows(model, samples[0].data, ch.scratch / case.replace(">", "-"), bf16=bf16)
     if torch.device(ch.device).type == "cpu" and runtimes.available(runtimes.OPENVINO):
-        deployed[INT8] = Built(partial(int8_pipeline, model, images, ch.device), INT8_CHOICES)
-        deployed[INT8_AUTO] = Built(partial(int8_pipeline, model, images, ch.device, INT8_AUTO_CHOICES),
+        deployed[INT8] = Built(partial(int8_pipeline, model, calibration, ch.device), INT8_CHOICES)
+        deployed[INT8_AUTO] = Built(partial(int8_pipeline, model, calibration, ch.device, INT8_AUTO_CHOICES),
                                     INT8_AUTO_CHOICES)
     staged, deployed, left_out = rows_for_case(size, staged, deployed)
     prof = ch.profiler(model, min_free_mb=LARGE_MIN_FREE_MB if left_out else None)
@@ -222,7 +237,10 @@ def run_case(ch, case: str, staged: Mapping[str, Choices], bf16: bool) -> dict[s
     makers = {label: partial(Predictor, model, c, ch.device, reference=ref) for label, c in staged.items()}
     makers |= {label: partial(lambda b: DeployedPredictor(b.make(), ref), b)
                for label, b in deployed.items()}  # the int8 row's make() calibrates its own pipeline
-    ch.equivalence(f"{ch.name}_equivalence", makers, images, case=case)
+    ch.equivalence(f"{ch.name}_equivalence", makers, images, case=case, min_score=accuracy.CONFIDENT)
+    ch.accuracy(f"{ch.name}_accuracy", scored_rows(model, staged, deployed, ch.device), size=size,
+                images=ch.params.get("val_images") if case == ch.params["cases"][0] else ch.params.get("val_large_images"),
+                case=case)
     traded = repeats_sentence(prof.last_repeats)
     if left_out:
         traded += f"; {left_out_sentence(left_out)}"

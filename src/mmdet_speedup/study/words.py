@@ -164,3 +164,71 @@ def accuracy_word(box, mask, n_images: int) -> str:
 def delta_text(d) -> str:
     """"-0.004 (95% CI -0.009 to 0.001, 100 images)" for an ``accuracy.Delta``."""
     return f"{d.delta:+.3f} (95% CI {d.lo:+.3f} to {d.hi:+.3f}, {d.n_images} images)"
+
+
+def _interval(r, name: str):
+    lo, hi = r.get(f"{name}_dAP_lo"), r.get(f"{name}_dAP_hi")
+    return None if lo is None or pd.isna(lo) else (float(lo), float(hi))
+
+
+def row_accuracy(r) -> str:
+    """The accuracy rule on one recorded accuracy row (``book.Chapter.accuracy``); "error" for an error row."""
+    from ..stats import CANNOT_TELL, accuracy_verdict
+
+    if isinstance(r.get("error"), str):
+        return "error"
+    box = _interval(r, "box")
+    if box is None:
+        return CANNOT_TELL
+    return accuracy_verdict(box, _interval(r, "mask"), int(r["images"]), margin=ACCURACY_MARGIN,
+                            min_images=MIN_SCORED_IMAGES)
+
+
+def delta_cell(r, name: str) -> str:
+    """"-0.004 (-0.009 to +0.001)": a row's delta AP and its interval, or "" where it has none."""
+    iv = _interval(r, name)
+    return "" if iv is None else f"{r[f'{name}_dAP']:+.3f} ({iv[0]:+.3f} to {iv[1]:+.3f})"
+
+
+def accuracy_table(acc: pd.DataFrame, reference: str = "stock") -> pd.DataFrame:
+    """Per row: box and mask AP, their deltas against ``reference`` with intervals, the rule's word, and whose
+    pass scored it (rows with one numerics key share a pass); an error row shows its reason."""
+    out = pd.DataFrame(index=acc.index)
+    out["box AP"] = acc.get("box_AP")
+    out["Δ box AP (interval)"] = [delta_cell(r, "box") for _, r in acc.iterrows()]
+    if "mask_AP" in acc:
+        out["mask AP"] = acc["mask_AP"]
+        out["Δ mask AP (interval)"] = [delta_cell(r, "mask") for _, r in acc.iterrows()]
+    out["accuracy"] = [row_accuracy(r) if i != reference else "reference" for i, r in acc.iterrows()]
+    out["scored by the pass of"] = acc.get("pass_of")
+    if "error" in acc and acc["error"].notna().any():
+        out["error"] = acc["error"].fillna("")
+    return out
+
+
+def accuracy_of(acc: pd.DataFrame) -> dict[str, str]:
+    """Each row's accuracy word, for a speed table's column."""
+    return {i: row_accuracy(r) for i, r in acc.iterrows()}
+
+
+def accuracy_sentence(acc: pd.DataFrame) -> str:
+    """What the accuracy column rests on, once per table: images scored, the rule and its margin; and where
+    too few images were scored, that every word is "cannot tell"."""
+    n = int(acc["images"].max()) if "images" in acc and acc["images"].notna().any() else 0
+    s = (f"Delta AP is the row's COCO AP (box and mask, IoU .50:.95) minus the reference's on the same {n} val "
+         f"images, with a paired bootstrap interval over images; a row keeps accuracy iff both intervals lie "
+         f"within ±{ACCURACY_MARGIN:.3f}, changes it iff either lies wholly outside, else cannot tell.")
+    if n < MIN_SCORED_IMAGES:
+        s += f" Fewer than {MIN_SCORED_IMAGES} images were scored, so every row's word is \"cannot tell\"."
+    return s
+
+
+def accuracy_text(acc: pd.DataFrame, label: str) -> str:
+    """"keeps accuracy (Δ box AP +0.001, -0.004 to +0.006; Δ mask AP ...; 50 images)" for one row."""
+    if label not in acc.index:
+        return "not scored"
+    r = acc.loc[label]
+    if isinstance(r.get("error"), str):
+        return f"not scored ({r['error']})"
+    parts = [f"Δ {name} AP {delta_cell(r, name)}" for name in ("box", "mask") if _interval(r, name)]
+    return f"{row_accuracy(r)} ({'; '.join(parts)}; {int(r['images'])} images)"
