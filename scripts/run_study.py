@@ -36,6 +36,7 @@ from pathlib import Path
 
 import yaml
 
+from mmdet_speedup.accuracy import PASSES_ENV
 from mmdet_speedup.records import BENCHMARK_VERSION
 from mmdet_speedup.study import ledger
 from mmdet_speedup.study.ledger import Outcome, write_ledger, write_status
@@ -315,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         atexit.register(shutil.rmtree, results, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     results.mkdir(parents=True, exist_ok=True)
+    # one folder of accuracy passes for this run set: a pass a chapter made serves the later chapters
+    passes = tempfile.mkdtemp(prefix="passes-")
+    atexit.register(shutil.rmtree, passes, ignore_errors=True)
+    os.environ[PASSES_ENV] = passes
 
     from mmdet_speedup.environment import git_sha
 

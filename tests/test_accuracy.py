@@ -219,3 +219,50 @@ def test_a_row_without_detections_is_refused(scene):
     empty = _FakePipe(model, Choices(), lambda p: Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), None))
     with pytest.raises(ValueError, match="no detections on any of the 3 scored images"):
         A.Scorer(path, path.parent, images=3).score("empty", empty)
+
+
+def test_a_pass_serves_a_later_chapter_of_the_run_set(scene, tmp_path):
+    import torch
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mmdet_speedup import Choices
+    from mmdet_speedup.pipeline import Detections
+
+    path, _ = scene
+    cfg = Config(dict(model=dict(test_cfg=dict()), test_dataloader=dict(dataset=dict(pipeline=[]))))
+    model = SimpleNamespace(cfg=cfg, roi_head=SimpleNamespace(bbox_head=SimpleNamespace(num_classes=80)))
+
+    def dets(p):
+        return Detections(torch.tensor([[10.0, 10.0, 50.0, 50.0]]), torch.tensor([0.9]), torch.tensor([0]), None)
+
+    first = A.Scorer(path, path.parent, images=4, cache_dir=tmp_path / "passes", by="02_precision")
+    a = first.score("fp32", _FakePipe(model, Choices(), dets))
+    later, pipe = A.Scorer(path, path.parent, images=4, cache_dir=tmp_path / "passes", by="06_ladder"), \
+        _FakePipe(model, Choices(), dets)
+    b = later.score("stock", pipe)
+    assert pipe.ran == 1 and b.by == "02_precision: fp32" and b.results == a.results  # one image for its key
+    other = A.Scorer(path, path.parent, images=3, cache_dir=tmp_path / "passes").score("stock", _FakePipe(model, Choices(), dets))
+    assert other.by == "stock"  # other images: a pass of its own
+
+
+def test_int8_calibration_never_sees_a_scored_image(tmp_path, monkeypatch):
+    """The runtimes chapter calibrates int8 on ``calibration_samples``: train-split images, none of them a val
+    image (the split's backgrounds differ too, see synth)."""
+    import inspect
+
+    import cv2
+
+    from mmdet_speedup import book, synth
+    from mmdet_speedup.study import runtimes
+
+    monkeypatch.setenv("MMDET_SPEEDUP_DATA", str(tmp_path))
+    cal = book.calibration_samples("320x192", 2)
+    assert [s.name for s in cal] == ["train_00000.png", "train_00001.png"]
+    val = synth.generate("val", images=3)
+    scored = [cv2.imread(str(synth.image_dir(val) / f"val_{i:05d}.png")) for i in range(3)]
+    train = [cv2.imread(str(synth.image_dir(synth.generate("train", images=2)) / s.name)) for s in cal]
+    assert not any(t.shape == v.shape and (t == v).all() for t in train for v in scored)
+    src = inspect.getsource(runtimes.run_case)
+    assert "calibration_samples" in src and "int8_pipeline, model, calibration" in src

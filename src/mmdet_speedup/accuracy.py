@@ -39,7 +39,7 @@ def per_image(results: list[dict], ann_file: str | Path, iou_type: str = "bbox",
         gt = COCO(str(ann_file))
         ids = sorted(gt.getImgIds() if img_ids is None else {int(i) for i in img_ids})
         if results:
-            dt = gt.loadRes(results)
+            dt = gt.loadRes([dict(r) for r in results])  # loadRes writes into each dict: keep the caller's
         else:  # nothing detected: every object missed (loadRes refuses an empty list)
             dt = COCO()
             dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
@@ -161,7 +161,8 @@ def numerics_key(pipe) -> str:
     pre = getattr(pipe, "last_preprocess", None) or c.preprocess
     runtime = getattr(pipe, "last_runtime", None) or c.runtime
     scale = next((s.get("scale") for s in cfg.test_dataloader.dataset.pipeline if s.get("type") == "Resize"), None)
-    parts = [getattr(pipe.model, "mmdet_speedup_config", ""), f"scale={scale}", test_cfg, pre, c.precision,
+    parts = [getattr(pipe.model, "mmdet_speedup_config", ""), getattr(pipe.model, "mmdet_speedup_weights", ""),
+             f"scale={scale}", test_cfg, pre, c.precision,
              f"cl={c.channels_last}", f"foldbn={c.fold_bn}", f"compile={c.compile}", runtime]
     return "|".join(str(p) for p in parts)
 
@@ -177,11 +178,18 @@ class Scored:
     by: str  # the row whose pass this is
 
 
+#: A run set's folder of passes (``scripts/run_study.py`` sets it for one invocation): a pass one chapter made
+#: serves every later chapter that scores the same numerics on the same images.
+PASSES_ENV = "MMDET_SPEEDUP_PASSES"
+
+
 class Scorer:
     """Scores pipelines on the first ``images`` of a labelled split, one untimed pass per numerics key (cached
-    for the scorer's life: a chapter's run), and compares each with a reference pass by delta AP."""
+    for the scorer's life, and across the chapters of a run set in ``cache_dir``), and compares each with a
+    reference pass by delta AP. ``by``: who makes the passes (the chapter), recorded with each one."""
 
-    def __init__(self, ann_file: str | Path, image_dir: str | Path, images: int | None = None) -> None:
+    def __init__(self, ann_file: str | Path, image_dir: str | Path, images: int | None = None, *,
+                 cache_dir: str | Path | None = None, by: str = "") -> None:
         import json
 
         self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
@@ -190,6 +198,33 @@ class Scorer:
         if not self.images:
             raise ValueError(f"{self.ann_file} has no images to score")
         self.passes: dict[str, Scored] = {}
+        self.cache_dir, self.by = (Path(cache_dir) if cache_dir else None), by
+
+    def _cache_file(self, key: str) -> Path | None:
+        import hashlib
+
+        if self.cache_dir is None:
+            return None
+        h = hashlib.sha256(f"{key}|{self.ann_file.resolve()}|{self.image_ids}".encode()).hexdigest()[:24]
+        return self.cache_dir / f"{h}.json"
+
+    def _cached(self, key: str) -> Scored | None:
+        """The pass of ``key`` from memory, or from the run set's folder (evaluated here once)."""
+        import json
+
+        if key in self.passes:
+            return self.passes[key]
+        f = self._cache_file(key)
+        if f is None or not f.is_file():
+            return None
+        saved = json.loads(f.read_text())
+        self.passes[key] = self._evaluated(key, saved["results"], saved["seconds"], saved["by"])
+        return self.passes[key]
+
+    def _evaluated(self, key: str, results: list[dict], seconds: float, by: str) -> Scored:
+        types = ["bbox"] + (["segm"] if "segmentation" in results[0] else [])
+        evals = {t_: per_image(results, self.ann_file, t_, self.image_ids) for t_ in types}
+        return Scored(key, results, evals, seconds, by)
 
     @property
     def image_ids(self) -> list[int]:
@@ -211,15 +246,15 @@ class Scorer:
             num_classes = final(pipe.model.roi_head.bbox_head).num_classes
         cats = category_ids(self.doc, num_classes, self.ann_file)
         paths = self.paths()
-        if key is not None and key in self.passes:
-            return self.passes[key]
+        if key is not None and self._cached(key):
+            return self._cached(key)
         t = time.perf_counter()
         if key is None:
             pipe.prime(paths[:1])
         first = pipe(paths[0])
         key = key or numerics_key(pipe)
-        if key in self.passes:
-            return self.passes[key]
+        if self._cached(key):
+            return self._cached(key)
         results = to_coco_results(first, self.images[0]["id"], cats)
         for im, path in zip(self.images[1:], paths[1:]):
             results += to_coco_results(pipe(path), im["id"], cats)
@@ -229,9 +264,17 @@ class Scorer:
         stray = {r["image_id"] for r in results} - set(self.image_ids)
         if stray:
             raise ValueError(f"detections for image ids {sorted(stray)[:5]} that are not among the scored images")
-        types = ["bbox"] + (["segm"] if "segmentation" in results[0] else [])
-        evals = {t_: per_image(results, self.ann_file, t_, self.image_ids) for t_ in types}
-        self.passes[key] = Scored(key, results, evals, seconds, label)
+        by = f"{self.by}: {label}" if self.by else label
+        self.passes[key] = self._evaluated(key, results, seconds, by)
+        f = self._cache_file(key)
+        if f is not None:
+            import json
+            import os
+
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "results": results, "seconds": seconds, "by": by}))
+            os.replace(tmp, f)
         return self.passes[key]
 
     def row(self, label: str, scored: Scored, ref: Scored, n_boot: int = 1000) -> dict:

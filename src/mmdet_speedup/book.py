@@ -160,13 +160,17 @@ class Chapter:
         num_classes)`` triple for a pipeline of another kind (a deployed graph): one that fails (building,
         running or scoring) becomes an error row and the others go on; without a reference pass every row is.
         """
-        from .accuracy import Scorer
+        import os
+
+        from .accuracy import PASSES_ENV, Scorer
 
         n = images or self.params.get("val_images")
         ann, img_dir = self.val_split(size, n)
         key = (str(ann), n)
         scorers = self.__dict__.setdefault("_scorers", {})
-        scorer = scorers.setdefault(key, Scorer(ann, img_dir, n))
+        if key not in scorers:
+            scorers[key] = Scorer(ann, img_dir, n, cache_dir=os.environ.get(PASSES_ENV), by=self.name)
+        scorer = scorers[key]
         scored, rows = {}, []
         for label in [reference, *[k for k in pipelines if k != reference]]:
             try:
