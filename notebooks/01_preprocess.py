@@ -121,7 +121,7 @@ ch.glue(pre_seed_ratio_4k=seed.loc["3840x2304", "seed speed-up (published)"])
 #   the trick to a CPU deployment.
 # - `device` is not bit-identical: its input differs from `stock`'s by up to
 #   {glue:text}`pre_device_max_levels:.1f` grey levels (mean {glue:text}`pre_device_mean_levels:.3f`).
-#   What that does to AP is scored where the ladder scores `+auto preprocess` (chapter 06), not here.
+#   What that does to AP is not scored here; the ladder (chapter 06) scores the path `auto` picks.
 # - Decoding (`load`) is the part no variant touches; its median per image against `stock`'s
 #   pre-processing: {glue:text}`pre_load_vs_pre`.
 

@@ -42,6 +42,7 @@ c4_pre_nms = [300, 1000]
 fpn_pre_nms = [100, 300]
 rpn_proposals = 100
 dets = 20
+val_images = 4
 repeats = 1
 warmup = 0
 threads = 2
@@ -121,6 +122,7 @@ book.show_table(ratio, 2)
 # in recall of the known objects.
 
 # %% tags=["nbval-ignore-output", "hide-cell"]
+fpn_pipes, fpn_own = chapter.pre_nms_pipelines(models["Faster FPN"], "Faster FPN", fpn_pre_nms, ch.device)
 for name, values in (("Faster C4", c4_pre_nms), ("Faster FPN", fpn_pre_nms)):
     for n in values:
         ms.models.set_workload(models[name], rpn_pre_nms=n)
@@ -138,6 +140,19 @@ book.scaling_chart(pm, "rpn_pre_nms", "ms", "series", title="RPN time against pr
                    xlabel="pre-NMS top-N (C4: one level; FPN: per level)", ylabel="ms (median)")
 _ = chapter.plot_recall(rc)
 
+# %% [markdown] tags=["method"]
+# What a smaller FPN pre-NMS N costs in accuracy: Faster FPN (the trained model's box parts) at each N against
+# the config's own N, box AP on the val images, by the method page's accuracy rule (one untimed pass per N):
+
+# %% tags=["nbval-ignore-output", "hide-cell"]
+fpn_acc = ch.accuracy("04_nms_accuracy", fpn_pipes, reference=fpn_own, size=input_size)
+
+# %% tags=["hide-input"]
+book.show_table(words.accuracy_table(fpn_acc, fpn_own), 3)
+
+# %% [markdown]
+# {glue:text}`nms_acc_rule`
+
 # %% [markdown]
 # Detectron's published model zoo (1x schedule, seconds per image on P100 GPUs: `inference_s_per_im` in its
 # GPU code, `inference_extra_s` in its unoptimized CPU code):
@@ -148,6 +163,8 @@ book.show_table(dz, 3)
 
 # %% tags=["nbval-ignore-output", "remove-cell"]
 words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_growth(pm, "Faster C4"), rc, chapter.zoo_c4_over_fpn(dz)))
+ch.glue(nms_acc_rule=words.accuracy_sentence(fpn_acc))
+words.glue_all({"nms_fpn_accuracy": words.Md(chapter.accuracy_findings(fpn_acc, fpn_own))})
 
 # %% [markdown]
 # ## What to take away
@@ -166,7 +183,9 @@ words.glue_all(chapter.findings(ch.rows(), slopes, cross, t, chapter.pre_nms_gro
 # - Raising C4's pre-NMS N from {glue:text}`nms_c4_pre_lo` to {glue:text}`nms_c4_pre_hi` multiplies the
 #   median of `rpn.nms` by {glue:text}`nms_c4_nms_growth:.1f`x here. On the synthetic clusters, top-1000 keeps
 #   {glue:text}`nms_recall_1000:.2f` of the objects; what a cut N keeps on real images depends on how well
-#   trained scores rank proposals, which this chapter does not score.
+#   trained scores rank proposals. On the trained Faster FPN, each N against the config's own:
+#
+#   {glue:md}`nms_fpn_accuracy`
 # - Both libraries' `batched_nms` switch strategy at a fixed size (torchvision at 1000 boxes on the CPU,
 #   mmcv at 10000), see the workbench's docstring.
 # - Detectron's published model zoo (end-to-end, 1x, its total a + b: GPU code plus CPU code) has C4 at {glue:text}`dz_faster_c4_over_fpn:.2f`x

@@ -84,7 +84,7 @@ class Chapter:
         return self._scratch
 
     def model(self, config: str | None = None, *, scale: str | None = None, dets: int | None = None,
-              rpn_proposals: int | None = None):
+              rpn_proposals: int | None = None, score_thr: float | None = None):
         """The chapter's detector: ``checkpoint`` where set, else the ``weights`` parameter (default ``auto``: the
         repository's trained weights where they fit the config, conditioned random ones elsewhere); each knob
         defaults to the parameter of the same name, else to the config's value."""
@@ -92,7 +92,8 @@ class Chapter:
 
         p = self.params
         workload = Workload(scale=parse_size(scale or p.get("scale")), dets_per_image=dets or p.get("dets"),
-                            rpn_proposals=rpn_proposals or p.get("rpn_proposals"))
+                            rpn_proposals=rpn_proposals or p.get("rpn_proposals"),
+                            score_thr=score_thr if score_thr is not None else p.get("score_thr"))
         config, weights = config or p["config"], p.get("weights", "auto")
         model = build_detector(config, checkpoint=p.get("checkpoint"), weights=weights, device=str(self.device),
                                workload=workload)

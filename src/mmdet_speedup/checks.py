@@ -109,6 +109,12 @@ def _fractions(v: Any, name: str) -> Any:
     return v
 
 
+def _score(v: Any, name: str) -> Any:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1):
+        raise InputError(f"{name} must be a score in [0, 1) or None (the config's), got {v!r}")
+    return v
+
+
 def _fail(message: str):
     raise InputError(message)
 
@@ -152,6 +158,7 @@ PARAMETER_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     **{k: _counts for k in ("dets_list", "ns", "c4_pre_nms", "fpn_pre_nms")},
     **{k: _cases for k in ("cases", "equivalence_cases")},
     "iou_thresholds": _fractions,
+    "score_thr": _score,
 }
 
 

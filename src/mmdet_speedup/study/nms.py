@@ -229,3 +229,30 @@ def findings(rows: pd.DataFrame, slopes: pd.DataFrame, cross: Mapping[str, Any],
             "nms_recall_1000": float(recall.set_index("k").loc[1000, "recall"]),
             "dz_faster_c4_over_fpn": float(zoo["Faster"]), "dz_mask_c4_over_fpn": float(zoo["Mask"]),
             "nms_zoo_direction": f"{direction} this run's median ratio for Faster R-CNN ({here:.2f}x)"}
+
+
+def pre_nms_pipelines(model, name: str, values: Sequence[int], device) -> tuple[dict[str, Any], str]:
+    """Per pre-NMS N (the config's own added), a function making the stock pipeline of a copy of ``model`` at that
+    N, labelled like the sweep's rows (``<name> pre=<N>``); and the label of the config's own N (the reference)."""
+    from functools import partial
+
+    from ..models import clone, set_workload
+    from ..pipeline import StagedPipeline
+    from ..profiler import workload_of
+
+    own = int(workload_of(model)["rpn_pre_nms"])
+
+    def at(n: int):
+        m = clone(model)
+        set_workload(m, rpn_pre_nms=n)
+        return StagedPipeline(m, device=device)
+
+    return {f"{name} pre={n}": partial(at, n) for n in sorted({*map(int, values), own})}, f"{name} pre={own}"
+
+
+def accuracy_findings(acc: pd.DataFrame, reference: str) -> str:
+    """Each pre-NMS N against the config's own, in words (Markdown bullets)."""
+    from .words import accuracy_text
+
+    return findings_markdown(f"`{row}` against `{reference}`: {accuracy_text(acc, row)}."
+                             for row in acc.index if row != reference)
