@@ -139,7 +139,8 @@ class Chapter:
     def val_split(self, size: str | None = None, n: int | None = None) -> tuple[Path, Path]:
         """The annotation file and image folder the chapter scores on: COCO val2017 where ``coco`` is set, else
         the generated val split of the case ``size`` belongs to (3840x2304 above 1333x800's area), its first
-        ``n`` images (all where ``n`` is None)."""
+        ``n`` images (all where ``n`` is None); at a size that is not the split's own (a CI-size case), images of
+        the same kind drawn at that size, so that a static deployed graph takes them as they are."""
         from .checks import coco_folder
         from .models import parse_size
         from .synth import SPLITS, generate, image_dir
@@ -148,7 +149,8 @@ class Chapter:
             return coco_folder(self.params["coco"])
         w, h = parse_size(size) or SPLITS["val"].size
         name = "val_3840x2304" if w * h > 1333 * 800 else "val"
-        ann = generate(name, images=min(n, SPLITS[name].images) if n else None)
+        k = min(n, SPLITS[name].images) if n else None
+        ann = generate(name, images=k, image_size=None if (w, h) == SPLITS[name].size else (w, h))
         return ann, image_dir(ann)
 
     def accuracy(self, name: str, pipelines: Mapping[str, Any], reference: str = "stock", *,

@@ -201,3 +201,16 @@ def evaluate_coco(checkpoint: str, folder: str, images: int, device) -> pd.DataF
     model = build_detector("mask-rcnn_r50_fpn_1x_coco", checkpoint=checkpoint, device=str(device))
     ap = evaluate(StagedPipeline(model, STOCK, device), ann, img_dir, images, detail=True)
     return pd.DataFrame([{"split": "COCO val2017", "images": images, **ap}])
+
+
+#: The project's floor for the trained model on the val split (issue: the trained model), and its aim.
+FLOOR = {"bbox_AP": 0.30, "bbox_AP50": 0.60}
+
+
+def floor_text(row) -> str:
+    """Whether the val split's AP row reaches the floor, in words, with the figures."""
+    short = [f"{k.split('_')[1]} {row[k]:.3f} < {v:.2f}" for k, v in FLOOR.items() if row[k] < v]
+    if not short:
+        return (f"reached (box AP {row['bbox_AP']:.3f}, AP50 {row['bbox_AP50']:.3f} on "
+                f"{int(row['images'])} images)")
+    return f"not reached ({', '.join(short)} on {int(row['images'])} images)"
