@@ -69,6 +69,8 @@ model, samples = ch.model(), ch.samples(input_size)
 prof = ch.profiler(model)
 _ = prof.run(VARIANTS, samples)
 ch.glue(prec_repeats=words.repeats_sentence(prof.last_repeats))
+acc = ch.accuracy("02_precision_accuracy", {label: partial(ms.StagedPipeline, model, c, ch.device)
+                                            for label, c in VARIANTS.items()}, reference="fp32", size=input_size)
 
 # %% [markdown]
 # ## Per stage
@@ -78,14 +80,15 @@ ch.glue(prec_repeats=words.repeats_sentence(prof.last_repeats))
 table = ms.stage_table(ch.rows()).reindex(list(VARIANTS))
 book.show_table(table, columns=[S.BACKBONE, S.NECK, S.RPN, S.ROI_BBOX, S.ROI_MASK, S.TOTAL], full="Every stage")
 ratios = stats.ratio_table(ch.rows(), "fp32", stages=(S.BACKBONE, S.NECK), aa="fp32 (A/A)")
-book.show_table(ratios.drop(columns="text"), 2)
+book.show_table(ratios.drop(columns="text").assign(accuracy=words.accuracy_of(acc, "fp32")), 2)
 _ = book.profile_figure({f"{input_size} at {scale}, {ch.device.type}": (table, ratios)}, aa="fp32 (A/A)",
                         what="of backbone + neck against fp32")
 
 # %% [markdown] tags=["method"]
 # `fp32 (A/A)` is `fp32` run a second time in the same sweep: the interval of its ratio is this run's noise
 # floor, which every verdict must clear (the method page's rule). The second table gives each row's backbone +
-# neck speed-up over `fp32` with its interval (paired by repeat) and verdict.
+# neck speed-up over `fp32` with its interval (paired by repeat) and verdict, and its accuracy against `fp32`
+# by the method page's accuracy rule (the section on accuracy below shows the AP behind it).
 #
 # ## How far from the machine's limit
 # FLOPs counted for this model and input (`torch.utils.flop_counter`: backbone, neck, RPN head), over the
@@ -105,10 +108,6 @@ book.show_table(roofline.percent_table(table, flops, peaks, {v: c.precision for 
 # Each row's COCO AP on the first {glue:text}`prec_val_n` images of the val split (the trained model's held-out
 # images), scored by one untimed pass per distinct numerics (rows whose outputs are equal by construction share
 # one), against `fp32`'s pass on the same images:
-
-# %% tags=["nbval-ignore-output", "hide-cell"]
-acc = ch.accuracy("02_precision_accuracy", {label: partial(ms.StagedPipeline, model, c, ch.device)
-                                            for label, c in VARIANTS.items()}, reference="fp32", size=input_size)
 
 # %% tags=["hide-input"]
 book.show_table(words.accuracy_table(acc, "fp32"), 3)

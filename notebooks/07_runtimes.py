@@ -133,7 +133,8 @@ ch.glue(rt_case0=cases[0], rt_export0=done[cases[0]]["export"]["export_s"])
 tp = peers.run_throughput(ch, cases[0], done[cases[0]]["export"], bf16, n_stream)
 print(tp.attrs.get("repeats", ""))
 book.show_table(tp.set_index("row"), 2, columns=["images/s", "requests", "ratio", "lo", "hi"])
-words.glue_all(peers.findings(rows, cases, versus, tp))
+words.glue_all(peers.findings(rows, cases, versus, tp, acc))
+ch.glue(rt_acc_rule=words.accuracy_sentence(acc[acc["case"] == cases[0]]))
 
 # %% [markdown]
 # ## What to take away
@@ -141,6 +142,12 @@ words.glue_all(peers.findings(rows, cases, versus, tp))
 # At {glue:text}`rt_case0`, every row against `stock`, end to end:
 #
 # {glue:md}`rt_findings`
+#
+# Each row's accuracy against `stock` at {glue:text}`rt_case0`:
+#
+# {glue:md}`rt_accuracy`
+#
+# {glue:text}`rt_acc_rule`
 #
 # The staged pipeline against the whole model deployed with mmdeploy, at each case and precision:
 #

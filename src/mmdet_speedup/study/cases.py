@@ -35,6 +35,11 @@ def _of_case(df: pd.DataFrame | None, case: str) -> pd.DataFrame | None:
     return None if df is None else df[df["case"] == case]
 
 
+def acc_of(accuracy: pd.DataFrame, case: str) -> pd.DataFrame:
+    """One case's accuracy rows (``Chapter.accuracy``), one per row label (the last recorded), by label."""
+    return accuracy[accuracy["case"] == case].drop_duplicates("row", keep="last").set_index("row")
+
+
 def case_table(rows: pd.DataFrame, agreement: pd.DataFrame | None, order: Sequence[str],
                accuracy: pd.DataFrame | None = None) -> pd.DataFrame:
     """One case's ladder: median ms per image per stage (``stage_table``), ``total + rle`` (a consumer asking for

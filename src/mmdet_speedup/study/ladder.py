@@ -23,7 +23,7 @@ from ..optimize import Predictor, Reference
 from ..pipeline import StagedPipeline
 from ..project import reference_dir, seed_figures
 from ..stats import EXACT, FASTER, KEEPS, Verdict, best_of, ratio_table, row_interval, verdict
-from .cases import AA, BASE, case_tables, split_case  # noqa: F401  (split_case: the chapter's cases)
+from .cases import AA, BASE, acc_of, case_tables, split_case  # noqa: F401  (split_case: the chapter's cases)
 from .words import (Md, accuracy_text, findings_markdown, md_table, share_sentence, takeaway, tied_text,
                     verdict_of)
 
@@ -379,11 +379,6 @@ def _roof_text(bounds: pd.DataFrame, value: float) -> str:
                 f"at {', '.join(f'`{s}`' for s in beaten)} (the measured peaks are below what "
                 "those kernels reach)")
     return f"every counted stage at its roofline floor (the others at the path's own time) {value:.1f}x"
-
-
-def acc_of(accuracy: pd.DataFrame, case: str) -> pd.DataFrame:
-    """One case's accuracy rows, one per row label (the last recorded)."""
-    return accuracy[accuracy["case"] == case].drop_duplicates("row", keep="last").set_index("row")
 
 
 def findings(lad: Ladder, rows: pd.DataFrame, tables: Mapping[str, pd.DataFrame],

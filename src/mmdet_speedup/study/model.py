@@ -127,6 +127,10 @@ def curve_figure(curve: pd.DataFrame, ax) -> None:
             window = max(1, 50 // max(1, int(curve["iter"].diff().median() or 1)))
             ax.plot(curve["iter"], curve[col].rolling(window, min_periods=1).mean(), label=label,
                     lw=2 if col == "loss" else 1)
+    if "stage" in curve:  # a later stage restarts the schedule (warm-up, peak lr): where it starts
+        for _, first in curve.groupby("stage")["iter"].min().iloc[1:].items():
+            ax.axvline(first, color="#888888", lw=0.8, ls="--")
+            ax.text(first, ax.get_ylim()[1], " next stage", va="top", fontsize=7, color="#555555")
     ax.set_xlabel("iteration (batch of 2 crops)")
     ax.set_ylabel("loss (running mean of 50 iterations)")
     ax.legend()

@@ -255,19 +255,31 @@ def _requests(n) -> str:
 
 
 def findings(rows: pd.DataFrame, cases: Sequence[str], versus: Mapping[str, pd.DataFrame],
-             tp: pd.DataFrame) -> dict[str, Any]:
-    """07: every row against ``stock`` at the first case; the staged pipeline against the deployed model at equal
-    outputs; int8 on the converted stages; throughput mode against latency mode."""
-    from .words import Md, findings_markdown, table_findings
+             tp: pd.DataFrame, acc: pd.DataFrame) -> dict[str, Any]:
+    """07: every row against ``stock`` at the first case, and its accuracy; the staged pipeline against the
+    deployed model at equal outputs, with both sides' accuracy; int8 on the converted stages; throughput mode
+    against latency mode."""
+    from .cases import acc_of
+    from .words import Md, accuracy_text, findings_markdown, row_accuracy, table_findings
     from ..stats import ratio_table
 
     first = ratio_table(rows[rows["case"] == cases[0]], BASE, aa=AA)
     int8 = {k: int8_versus(rows[rows["case"] == cases[0]], *a) for k, a in
             {"rt_int8": ("ov bf16",), "rt_int8_auto": ("ov auto (bf16)", INT8_AUTO)}.items()}
+
+    def word(case: str, row: str) -> str:
+        a = acc_of(acc, case)
+        return row_accuracy(a.loc[row]) if row in a.index else "not scored"
+
+    scored = acc_of(acc, cases[0])
     return {"rt_findings": Md(table_findings(first, BASE, "end to end")),
+            "rt_accuracy": Md(findings_markdown(f"`{row}`: {accuracy_text(scored, row)}"
+                                                for row in scored.index if row not in (BASE, AA))),
             "rt_versus": Md(findings_markdown(
                 f"at {case}, `{r['staged (lowest median)']}` against `{r['deployed (lowest median)']}` ({p}, each the "
-                f"lowest median of its kind, both pasting full-image masks): {r['text']}" for case, v in versus.items() for p, r in v.iterrows())
+                f"lowest median of its kind, both pasting full-image masks): {r['text']}; accuracy against `stock`: "
+                f"{word(case, r['staged (lowest median)'])} and {word(case, r['deployed (lowest median)'])}"
+                for case, v in versus.items() for p, r in v.iterrows())
                 or "No staged row with full-image masks ran beside a deployed row at the same precision.\n"),
             "rt_throughput": Md(findings_markdown(
                 f"`{r['row']}`{_requests(r['requests'])} against `{r['against']}`: {r['text']}"

@@ -206,9 +206,10 @@ def accuracy_table(acc: pd.DataFrame, reference: str = "stock") -> pd.DataFrame:
     return out
 
 
-def accuracy_of(acc: pd.DataFrame) -> dict[str, str]:
-    """Each row's accuracy word, for a speed table's column."""
-    return {i: row_accuracy(r) for i, r in acc.iterrows()}
+def accuracy_of(acc: pd.DataFrame, reference: str = "stock") -> pd.Series:
+    """Each row's accuracy word (``reference`` for the reference row), for a speed table's column."""
+    return pd.Series({i: "reference" if i == reference else row_accuracy(r) for i, r in acc.iterrows()},
+                     dtype=object)
 
 
 def accuracy_sentence(acc: pd.DataFrame) -> str:
