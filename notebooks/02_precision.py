@@ -109,7 +109,7 @@ book.show_table(roofline.percent_table(table, flops, peaks, {v: c.precision for 
 # images), scored by one untimed pass per distinct numerics (rows whose outputs are equal by construction share
 # one), against `fp32`'s pass on the same images:
 
-# %% tags=["hide-input"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 book.show_table(words.accuracy_table(acc, "fp32"), 3)
 
 # %% [markdown]

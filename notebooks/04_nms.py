@@ -147,7 +147,7 @@ _ = chapter.plot_recall(rc)
 # %% tags=["nbval-ignore-output", "hide-cell"]
 fpn_acc = ch.accuracy("04_nms_accuracy", fpn_pipes, reference=fpn_own, size=input_size)
 
-# %% tags=["hide-input"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 book.show_table(words.accuracy_table(fpn_acc, fpn_own), 3)
 
 # %% [markdown]
