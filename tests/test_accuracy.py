@@ -115,6 +115,16 @@ def test_an_image_drawn_twice_counts_like_two_copies_of_it(scene):
     assert A.ap(ev, draw) == pytest.approx(coco_ap(res, dup, ("bbox",))["bbox_AP"], abs=1e-12)
 
 
+def test_resamples_at_once_equal_one_at_a_time(scene):
+    """The bootstrap's vectorized accumulation: each weighting's AP equals ``ap`` on that draw."""
+    path, results = scene
+    ev = A.per_image(results, path)
+    draws = np.random.default_rng(3).integers(0, len(ev.image_ids), size=(7, len(ev.image_ids)))
+    weights = np.stack([np.bincount(d, minlength=len(ev.image_ids)) for d in draws]).astype(float)
+    assert A.ap_weighted(ev, weights, chunk=3) == pytest.approx([A.ap(ev, d) for d in draws], abs=1e-12)
+    assert A.delta_ap(ev, ev) == A.Delta(0.0, 0.0, 0.0, len(ev.image_ids), A.ap(ev), A.ap(ev))
+
+
 def test_the_bootstrap_interval_covers_a_known_delta():
     """Synthetic detections: the test side loses one object in five at random (its detection gone); over many
     images the interval holds the full-set delta, lies below zero, and narrows as images are added."""

@@ -21,7 +21,7 @@ RANKING = ("faster", "fastest", "slower", "slowest", "quicker", "most", "mostly"
            "negligible", "majority", "bulk", "twice", "halves", "doubles", "bottleneck*")
 WORD = re.compile(r"\b(%s)\b" % "|".join(w.replace("*", r"\w*") for w in RANKING), re.I)
 #: Names that contain a ranking word without ranking anything.
-NAMES = re.compile(r"Faster R-CNN", re.I)
+NAMES = re.compile(r"Faster (R-CNN|FPN|C4)", re.I)
 #: What is generated or literal: glue roles, inline code, links' targets, math, HTML comments.
 GENERATED = re.compile(r"\{glue(:\w+)?\}`[^`]*`|``[^`]*``|`[^`]*`|\]\([^)]*\)|\$[^$]*\$|<!--.*?-->")
 METHOD_TAG = "method"
@@ -79,6 +79,7 @@ def test_outcome_words_found_outside_generated_text():
     assert outcome_words("## The most expensive stage\nplain text") == []
     assert outcome_words("the ratio ($a$ over the lowest $b$)") == ["lowest"]
     assert outcome_words("Faster R-CNN at box boundaries; the lower bound") == ["lower", "bound"]
+    assert outcome_words("the trained Faster FPN and Faster C4 are faster") == ["faster"]
 
 
 def test_a_page_is_held_block_by_block(tmp_path):

@@ -89,31 +89,49 @@ def _flat(ev: PerImage) -> list[tuple]:
 def ap(ev: PerImage, images: Sequence[int] | np.ndarray | None = None) -> float:
     """COCO AP@[.5:.95] over ``images`` (indices into ``ev.image_ids``, repeats allowed: a bootstrap sample;
     default every image once), accumulated as ``COCOeval.accumulate`` does: per category and IoU threshold the
-    precision envelope at 101 recall points, averaged over those with ground truth; -1 where none has any.
+    precision envelope at 101 recall points, averaged over those with ground truth; -1 where none has any."""
+    n = len(ev.image_ids)
+    weight = np.ones(n) if images is None else np.bincount(np.asarray(images, dtype=int), minlength=n)
+    return float(ap_weighted(ev, weight[None].astype(float))[0])
+
+
+def ap_weighted(ev: PerImage, weights: np.ndarray, chunk: int = 100) -> np.ndarray:
+    """AP for each row of ``weights`` (samples x images, how often each image is drawn), all rows at once.
 
     An image drawn c times counts each of its detections and ground truths c times: its detections enter the
     cumulative sums with weight c, which gives the same envelope as c adjacent copies would."""
-    n = len(ev.image_ids)
-    weight = np.ones(n) if images is None else np.bincount(np.asarray(images, dtype=int), minlength=n).astype(float)
-    values = []
-    for img, tp_flag, fp_flag, npig_per_image in _flat(ev):
-        npig = float(weight @ npig_per_image)
-        if npig == 0:
-            continue
-        w = weight[img]
-        tp = np.cumsum(tp_flag * w, axis=1)
-        fp = np.cumsum(fp_flag * w, axis=1)
-        q = np.zeros((ev.n_thrs, len(ev.rec_thrs)))
-        if tp.shape[1]:
-            rc = tp / npig
+    out = []
+    for at in range(0, len(weights), chunk):
+        w_ = weights[at:at + chunk]
+        total, count = np.zeros(len(w_)), np.zeros(len(w_))
+        for img, tp_flag, fp_flag, npig_per_image in _flat(ev):
+            npig = w_ @ npig_per_image  # (samples,)
+            has = npig > 0
+            count += has
+            if not tp_flag.shape[1] or not has.any():
+                continue
+            w = w_[has][:, None, img]  # (samples, 1, detections)
+            tp = np.cumsum(tp_flag * w, axis=2)
+            fp = np.cumsum(fp_flag * w, axis=2)
+            rc = tp / npig[has, None, None]
             pr = tp / (fp + tp + np.spacing(1))
-            pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the precision envelope
-            for t in range(ev.n_thrs):
-                ins = np.searchsorted(rc[t], ev.rec_thrs, side="left")
-                ok = ins < pr.shape[1]
-                q[t, ok] = pr[t, ins[ok]]
-        values.append(q)
-    return float(np.mean(values)) if values else -1.0
+            pr = np.maximum.accumulate(pr[..., ::-1], axis=2)[..., ::-1]  # the precision envelope
+            total[has] += _at_recalls(rc, pr, ev.rec_thrs).reshape(int(has.sum()), -1).sum(axis=1)
+        size = ev.n_thrs * len(ev.rec_thrs)
+        out.append(np.where(count > 0, total / np.maximum(count, 1) / size, -1.0))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _at_recalls(rc: np.ndarray, pr: np.ndarray, rec_thrs: np.ndarray) -> np.ndarray:
+    """The envelope's precision at each recall threshold for every (sample, IoU threshold) row: what
+    ``searchsorted(rc_row, rec_thrs, "left")`` finds, as how many of the row's recalls lie below each threshold
+    (one ``searchsorted`` into the thresholds for all rows, then a per-row histogram)."""
+    rows, d, m = int(np.prod(rc.shape[:-1])), rc.shape[-1], len(rec_thrs)
+    rc, pr = rc.reshape(rows, d), pr.reshape(rows, d)
+    below = np.searchsorted(rec_thrs, rc, side="right")  # rc < rec_thrs[j] iff j >= below
+    hist = np.bincount((below + (m + 1) * np.arange(rows)[:, None]).ravel(), minlength=rows * (m + 1))
+    ins = np.cumsum(hist.reshape(rows, m + 1), axis=1)[:, :m]
+    return np.where(ins < d, np.take_along_axis(pr, np.minimum(ins, d - 1), axis=1), 0.0)
 
 
 @dataclass(frozen=True)
@@ -135,12 +153,24 @@ def delta_ap(ref: PerImage, test: PerImage, *, n_boot: int = 1000, level: float 
         raise ValueError("delta AP needs both evaluations on the same images and categories")
     n = len(ref.image_ids)
     a, b = ap(ref), ap(test)
-    rng = np.random.default_rng(seed)
-    boot = np.array([ap(test, s) - ap(ref, s) for s in rng.integers(0, n, size=(n_boot, n))])
+    if test is ref:  # one pass: the same detections, nothing to resample
+        return Delta(0.0, 0.0, 0.0, n, a, a)
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    weights = np.stack([np.bincount(s, minlength=n) for s in draws]).astype(float)
+    boot = ap_weighted(test, weights) - _boot_ap(ref, weights, (n_boot, seed))
     alpha = (1 - level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     d = b - a
     return Delta(d, float(min(lo, d)), float(max(hi, d)), n, a, b)
+
+
+def _boot_ap(ev: PerImage, weights: np.ndarray, key: tuple) -> np.ndarray:
+    """The reference's resampled APs, kept on it: every row of a chapter is compared with one reference on the
+    same draws (same seed)."""
+    cache = ev.__dict__.setdefault("_boot_cache", {})
+    if key not in cache:
+        cache[key] = ap_weighted(ev, weights)
+    return cache[key]
 
 
 # -- scoring rows: one untimed pass per distinct numerics -------------------------------------------------
