@@ -18,6 +18,17 @@ def _threads():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _emulated_bf16():
+    """bf16 runs on every CPU in the tests (tiny inputs): a CPU without the instructions emulates it."""
+    from mmdet_speedup.checks import EMULATED_ENV
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(EMULATED_ENV, "1")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _model_cache():
     """No cache of conditioned models: a test never reads weights another run conditioned, and a session would
     leave 2 GB of them on a disk CI has little of (the cache's own tests set a folder)."""

@@ -106,3 +106,20 @@ def test_preprocess_summary_medians_per_case_and_variant():
     assert stock["pre_ms"] == 4.0 * 2 + 1 and stock["pre_cpu_ms"] == 2 * (4.0 * 2 + 1) and stock["load_ms"] == 10
     assert stock["MiB copied"] == 1 and stock["megapixels"] == pytest.approx(0.3072)
     assert s.loc[("640x480 > 480x320", "auto"), "chosen"] == "legacy"
+
+
+def test_bf16_on_a_cpu_that_only_emulates_it_is_refused_unless_asked(monkeypatch):
+    """A study run refuses emulated bf16 in one line (an emulated row would take hours); the opt-in runs it."""
+    from mmdet_speedup import environment, precision
+    from mmdet_speedup.checks import EMULATED_ENV, InputError
+
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv(EMULATED_ENV, raising=False)
+    with pytest.raises(InputError, match="without bf16 instructions.*MMDET_SPEEDUP_EMULATED=1"):
+        precision.check("bf16-weights", torch.device("cpu"))
+    assert precision.check("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv(EMULATED_ENV, "1")
+    assert precision.check("bf16", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv(EMULATED_ENV)
+    assert precision.check("bf16", torch.device("cpu")) == "bf16"

@@ -71,14 +71,26 @@ def test_measure_peaks_tiny():
     kw = dict(size=64, repeats=2, copy_mib=1)
     p = R.measure_peaks("cpu", **kw)
     assert p["threads"] == torch.get_num_threads() and p["matmul_size"] == 64
-    assert p["matmul_gflops"]["float32"] > 0 and p["matmul_gflops"]["bfloat16"] > 0
+    from mmdet_speedup.environment import cpu_has_bf16, cpu_has_int8
+
+    assert p["matmul_gflops"]["float32"] > 0
+    # a dtype the CPU only emulates has no peak, and a note says why
+    assert ("bfloat16" in p["matmul_gflops"]) == cpu_has_bf16() != ("bfloat16" in p["notes"])
     assert "float16" in p["notes"]                                     # fp16 is measured on CUDA only
-    assert ("int8" in p["matmul_gflops"]) == hasattr(torch, "_int_mm") or "int8" in p["notes"]
+    assert ("int8" in p["matmul_gflops"]) == (hasattr(torch, "_int_mm") and cpu_has_int8()) != ("int8" in p["notes"])
     assert p["copy_gbps"] > 0 and p["copy_bytes"] == 2 * 2 ** 20
     p["matmul_gflops"]["float32"] = -1.0                               # a copy: the cache is not touched
     assert R.measure_peaks("cpu", **kw)["matmul_gflops"]["float32"] > 0
     rec = R.peaks_record("cpu", **kw)
     assert json.loads(json.dumps(rec))["roofline_peaks"]["matmul_size"] == 64
+
+
+def test_percent_of_a_dtype_without_a_peak_is_nan():
+    import pandas as pd
+
+    stages = pd.DataFrame({"backbone": [10.0, 5.0]}, index=["fp32", "bf16"])
+    t = R.percent_table(stages, {"backbone": 1e9}, {"matmul_gflops": {"float32": 200.0}}, {"fp32": "fp32", "bf16": "bf16"})
+    assert t.loc["fp32", "backbone % of peak"] == pytest.approx(50.0) and math.isnan(t.loc["bf16", "backbone % of peak"])
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+#: Set (to 1) to run bf16 on a CPU that only emulates it (``precision.check``): the tests and the CI-size references
+#: do, so that their rows are the same on every CPU; a study run does not, where an emulated row would take hours.
+EMULATED_ENV = "MMDET_SPEEDUP_EMULATED"
+
 
 class InputError(ValueError):
     """Something the user gave is wrong; the message says what, in one line, for the user."""

@@ -39,7 +39,8 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    return sorted(f for f in cpuinfo_fields().get("flags", "").split() if f.startswith(("amx", "avx512_bf16", "avx512f")))
+    return sorted(f for f in cpuinfo_fields().get("flags", "").split()
+                  if f.startswith(("amx", "avx512_bf16", "avx512f", "avx512_vnni", "avx_vnni")))
 
 
 def matrix_engine(device: str = "cpu") -> str:
@@ -57,6 +58,11 @@ def matrix_engine(device: str = "cpu") -> str:
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 matrix math in hardware (AMX or AVX-512 BF16), as ``matrix_engine`` says."""
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
+
+
+def cpu_has_int8() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI or AMX-INT8), which int8 matrix math needs to pay."""
+    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & set(cpu_flags()))
 
 
 def weights_recipe() -> dict[str, Any]:

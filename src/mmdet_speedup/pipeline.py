@@ -294,6 +294,39 @@ class StagedPipeline:
         inputs, samples = self.prepare(image, timer)
         return self.from_inputs(inputs, samples, timer)
 
+    @torch.no_grad()
+    def batch(self, images: Sequence[ImageLike], timer=None) -> list[Detections]:
+        """Several images of one input shape through one forward of backbone, neck, RPN head and box head; the
+        mask head and the mask post-processing per image. Per-image detections, equal (up to the arithmetic's
+        order) to calling the pipeline on each image; a runtime converts its graphs once more for the batch's
+        shape."""
+        timer = timer or NullTimer()
+        if not images:
+            raise InputError("a batch needs at least one image")
+        prepared = [self.prepare(image, timer) for image in images]
+        shapes = sorted({tuple(t.shape) for t, _ in prepared})
+        if len(shapes) > 1:
+            raise InputError(f"a batch needs images of one input shape after resizing, not {shapes}: padding one "
+                             "to another's size would change its features at the border")
+        inputs, samples = torch.cat([t for t, _ in prepared]), [s for _, ss in prepared for s in ss]
+        metas = [s.metainfo for s in samples]
+        out = []
+        with probe(timer) as counts:
+            feats = self.features(inputs, timer)
+            with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime), cuda_ops.routing(self.ops):
+                per_image = self._predict_bbox(feats.roi, metas, self.proposals(feats, metas, timer), timer)
+            for i, (results, meta) in enumerate(zip(per_image, metas)):
+                masks = None
+                if self.with_mask:
+                    one = Features(tuple(f[i:i + 1] for f in feats.maps), tuple(f[i:i + 1] for f in feats.roi),
+                                   runtime=feats.runtime)
+                    results, masks = self.postprocess_masks(self.mask_logits(one, results, meta, timer), timer)
+                out.append(Detections(results.bboxes.cpu(), results.scores.cpu(), results.labels.cpu(), masks,
+                                      tuple(meta["ori_shape"][:2]), {"batch": len(images)}))
+        for d in out:
+            d.counts |= {k: v for k, v in counts.items() if k != "dets_out"} | {"dets_out": len(d)}
+        return out
+
     # -- the stages, in order ---------------------------------------------------------------------------------
     def load(self, image: ImageLike, timer=NULL) -> np.ndarray:
         with timer.stage(S.LOAD):

@@ -17,12 +17,22 @@ _DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def check(name: str, device: torch.device | None = None) -> str:
-    """A known precision, and one the device can run (fp16 autocast needs CUDA)."""
-    from .checks import InputError, choice
+    """A known precision, and one the device runs in hardware (fp16 autocast needs CUDA; bf16 on the CPU needs
+    AVX-512 BF16 or AMX unless ``EMULATED_ENV`` is set)."""
+    import os
+
+    from .checks import EMULATED_ENV, InputError, choice
+    from .environment import cpu_has_bf16
 
     choice(name, PRECISIONS, "precision")
-    if device is not None and name.startswith("fp16") and torch.device(device).type != "cuda":
+    if device is None:
+        return name
+    if name.startswith("fp16") and torch.device(device).type != "cuda":
         raise InputError("fp16 needs CUDA (TensorCores); on the CPU use bf16 (AMX where the CPU has it)")
+    if name.startswith("bf16") and torch.device(device).type == "cpu" and not cpu_has_bf16() \
+            and os.environ.get(EMULATED_ENV, "") in ("", "0"):
+        raise InputError(f"{name} on a CPU without bf16 instructions (AVX-512 BF16 or AMX) is emulated, far slower "
+                         f"than fp32: not run ({EMULATED_ENV}=1 runs it anyway)")
     return name
 
 

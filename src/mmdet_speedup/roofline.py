@@ -93,7 +93,14 @@ def stage_flops(pipeline, image, stages: Sequence[str] = COUNTED) -> dict[str, f
 
 # -- peaks ----------------------------------------------------------------------------------------------------
 def _matmul(dtype: str, n: int, dev: torch.device):
-    """The product to time for ``dtype``, or a reason it is skipped on this device."""
+    """The product to time for ``dtype``, or a reason it is skipped on this device: an emulated product is no
+    peak (a 2048x2048 bf16 product without the instructions takes about a minute on two cores)."""
+    from .environment import cpu_has_bf16, cpu_has_int8
+
+    if dev.type == "cpu" and dtype == "bfloat16" and not cpu_has_bf16():
+        return "no bf16 matrix instructions on this CPU (AVX-512 BF16 or AMX)"
+    if dev.type == "cpu" and dtype == "int8" and not cpu_has_int8():
+        return "no int8 dot-product instructions on this CPU (VNNI or AMX-INT8)"
     if dtype == "int8":
         if not hasattr(torch, "_int_mm"):
             return "torch._int_mm is not in this torch"
@@ -283,10 +290,16 @@ def roofline_table(stage_ms: Mapping[str, float], flops: Mapping[str, float], pe
 def percent_table(stages: pd.DataFrame, flops: Mapping[str, float], peaks: Mapping[str, Any],
                   precisions: Mapping[str, str]) -> pd.DataFrame:
     """% of the matrix peak per variant (rows of a ``stage_table``) and counted stage, each variant against the
-    peak of the dtype its convolutions run in (``precisions``: variant -> ``fp32``, ``bf16``, ``bf16-weights`` ...)."""
+    peak of the dtype its convolutions run in (``precisions``: variant -> ``fp32``, ``bf16``, ``bf16-weights`` ...);
+    NaN for a dtype without a measured peak (the CPU lacks its instructions: the peaks' notes say so)."""
+    def peak(v: str) -> float:
+        try:
+            return peak_for(peaks, precisions[v].split("-")[0], "conv")
+        except InputError:
+            return math.nan
+
     cols = [s for s in flops if s in stages.columns]
-    return pd.DataFrame({f"{s} % of peak": [percent_of_peak(stages.loc[v, s], flops[s],
-                                                            peak_for(peaks, precisions[v].split("-")[0], "conv"))
+    return pd.DataFrame({f"{s} % of peak": [percent_of_peak(stages.loc[v, s], flops[s], peak(v))
                                             for v in stages.index] for s in cols}, index=stages.index)
 
 

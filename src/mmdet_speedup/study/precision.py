@@ -20,7 +20,16 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
     best = best_of(rows, [v for v in ratios.index if v not in ("fp32", aa)], stages=feat, floor=floor)
     pick = best.lowest  # the row the steps below follow: the lowest median, named tied where it does not clear
 
+    ran = set(rows.loc[rows["status"] == "ok", "variant"]) if "status" in rows else set(rows["variant"])
+
+    def why_not(v: str) -> str:
+        err = rows[(rows["variant"] == v) & (rows.get("status") == "error")] if "status" in rows else rows.iloc[:0]
+        return str(err["message"].iloc[0]) if len(err) and "message" in err else "no rows"
+
     def step(a: str, b: str, stages=feat) -> str:
+        missing = [v for v in (a, b) if v not in ran]
+        if missing:
+            return f"not measured: `{missing[0]}` did not run ({why_not(missing[0])})"
         floor_of = aa_floor(rows, "fp32", aa, stages=stages)  # the sweep's floor, on the same stages
         return verdict_of(ratio_table(rows[rows["variant"].isin([a, b])], a, stages=stages, floor=floor_of), b)
 
@@ -36,7 +45,8 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
     return {"prec_findings": Md(table_findings(ratios, "fp32", "backbone + neck")),
             "prec_headline": Md(f"`{pick}` against `fp32`: backbone + neck {verdict_of(ratios, pick)}; end to end "
                                 f"{total}; accuracy: {accuracy_text(acc, pick)}."
-                                + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")),
+                                + ("" if best.clear else f" Backbone + neck: {tied_text(best)}.")
+                                + ("" if low in ran else f" `{low}` did not run: {why_not(low)}.")),
             "prec_steps": Md(findings_markdown(steps)), "prec_pick": pick,
             "prec_pick_accuracy": Md(accuracy_text(acc, pick) + "."),
             "prec_pick_box_iou": float(eq.loc[pick, "box_iou_mean"]),
