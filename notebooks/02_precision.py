@@ -127,7 +127,7 @@ eq = ch.equivalence("02_precision_equivalence", {label: partial(ms.Predictor, mo
                                                  for label, c in VARIANTS.items()}, [s.data for s in samples],
                     min_score=ms.accuracy.CONFIDENT)
 
-# %% tags=["hide-input"]
+# %% tags=["nbval-ignore-output", "hide-input"]
 book.show_table(eq[["matched_ref", "matched_test", "box_iou_mean", "score_diff_max", "mask_iou_mean", "feature_rel_err",
                     "mask_prob_diff_max"]], 3, columns=["matched_ref", "box_iou_mean", "mask_iou_mean", "feature_rel_err"])
 

@@ -21,8 +21,6 @@ MMDET_SPEEDUP_RESULTS=$(mktemp -d)
 export MMDET_SPEEDUP_RESULTS
 # No cache of conditioned models (170-300 MB each) on CI's small disk; the graphs peers export go with each kernel.
 export MMDET_SPEEDUP_MODEL_CACHE=0
-# bf16 rows run on every CPU at CI size (emulated where the CPU lacks the instructions), as in the references.
-export MMDET_SPEEDUP_EMULATED=1
 trap 'rm -rf "$MMDET_SPEEDUP_RESULTS"' EXIT
 # Figures vanish from executed notebooks under MPLBACKEND=Agg.
 unset MPLBACKEND

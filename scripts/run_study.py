@@ -37,7 +37,6 @@ from pathlib import Path
 import yaml
 
 from mmdet_speedup.accuracy import PASSES_ENV
-from mmdet_speedup.checks import EMULATED_ENV
 from mmdet_speedup.records import BENCHMARK_VERSION
 from mmdet_speedup.study import ledger
 from mmdet_speedup.study.ledger import Outcome, write_ledger, write_status
@@ -209,8 +208,6 @@ def run_chapter(chapter: str, size: str, out_dir: Path, results: Path, params: d
     params_file.write_text(yaml.safe_dump(params))
     # every mode names the rows' folder: a chapter never falls back on the library's own search for it
     env = dict(os.environ, MMDET_SPEEDUP_RESULTS=str(results), MMDET_SPEEDUP_RUN_ID=run_id)
-    if size == "ci":  # the references hold bf16 rows on every CPU (emulated where it lacks the instructions)
-        env[EMULATED_ENV] = "1"
     env.pop("MPLBACKEND", None)  # figures vanish from executed notebooks under Agg
     cmd = [sys.executable, "-m", "papermill", str(source), str(tmp_nb), "-f", str(params_file), "--cwd",
            str(NOTEBOOKS), "-k", "python3", "--no-progress-bar", "--log-level", "WARNING"]

@@ -6,8 +6,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-#: Set (to 1) to run bf16 on a CPU that only emulates it (``precision.check``): the tests and the CI-size references
-#: do, so that their rows are the same on every CPU; a study run does not, where an emulated row would take hours.
+#: Set (to 1) to run bf16 on a CPU that only emulates it (``precision.check``): the tests do, on tiny inputs; a
+#: chapter does not, where an emulated row would take hours (its bf16 rows become error rows that say why).
 EMULATED_ENV = "MMDET_SPEEDUP_EMULATED"
 
 
