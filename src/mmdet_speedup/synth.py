@@ -13,6 +13,7 @@ between CPUs).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -84,11 +85,28 @@ def _background_source(ref: str) -> np.ndarray:
         else:
             import skimage
             path = Path(skimage.__file__).parent / "data" / name
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        with _quiet_stderr():  # libpng warns on some of scikit-image's PNGs (an iCCP profile), pixels unaffected
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise InputError(f"background image {path} is missing or unreadable")
         _BG_CACHE[ref] = img
     return _BG_CACHE[ref]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C libraries write to file descriptor 2 (a notebook would show it as output)."""
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _background(rng: np.random.Generator, s: Split) -> np.ndarray:
