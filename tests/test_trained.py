@@ -34,7 +34,8 @@ def test_the_committed_weights_match_their_record():
 
 
 @pytest.mark.xfail(strict=True, reason="issue 27's floor: the committed weights (2720 iterations in two stages, box "
-                   "AP 0.251 on 40 val images) find fewer than 80% of these images' objects above score 0.5")
+                   "AP 0.276 on 100 val images, run 20261208T013402-b29868) find fewer than 80% of these images' "
+                   "objects above score 0.5")
 def test_the_trained_model_finds_the_objects_of_three_val_images(trained):
     ann = synth.generate("val", images=3)
     pipe = StagedPipeline(trained, STOCK, "cpu")
