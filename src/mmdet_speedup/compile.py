@@ -10,6 +10,8 @@ warm-up absorbs it) and the shapes are static: a new padded input size compiles 
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 
@@ -20,6 +22,8 @@ def compile_features(model, device: torch.device) -> None:
     cfg = torch._dynamo.config
     cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
     cfg.accumulated_cache_size_limit = max(cfg.accumulated_cache_size_limit, 1024)
+    if device.type == "cpu":  # Inductor's C++ build looks for CUDA and warns, into the chapter, that it has none
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     opts = {"freezing": True}  # weights become constants: inference only, under no_grad
     model.backbone = torch.compile(model.backbone, dynamic=False, options=opts)
     if model.with_neck:
