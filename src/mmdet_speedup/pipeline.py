@@ -313,8 +313,7 @@ class StagedPipeline:
         out = []
         with probe(timer) as counts:
             feats = self.features(inputs, timer)
-            with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime), cuda_ops.routing(self.ops):
-                per_image = self._predict_bbox(feats.roi, metas, self.proposals(feats, metas, timer), timer)
+            per_image = self._boxes(feats, metas, self.proposals(feats, metas, timer), timer)
             for i, (results, meta) in enumerate(zip(per_image, metas)):
                 masks = None
                 if self.with_mask:
@@ -379,8 +378,12 @@ class StagedPipeline:
     @torch.no_grad()
     def boxes(self, feats: Features, metas: list[dict], proposals: list, timer=NULL):
         """The box head and its NMS: one image's results (boxes rescaled here only when there are no masks)."""
+        return self._boxes(feats, metas, proposals, timer)[0]
+
+    def _boxes(self, feats: Features, metas: list[dict], proposals: list, timer) -> list:
+        """The box head and its NMS for every image of the batch, in the stage range ``roi_bbox``."""
         with timer.stage(S.ROI_BBOX), self._roi_heads(feats.runtime), cuda_ops.routing(self.ops):
-            return self._predict_bbox(feats.roi, metas, proposals, timer)[0]
+            return self._predict_bbox(feats.roi, metas, proposals, timer)
 
     @torch.no_grad()
     def mask_logits(self, feats: Features, results, meta: dict, timer=NULL) -> MaskInputs:

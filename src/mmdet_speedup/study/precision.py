@@ -20,11 +20,11 @@ def findings(rows: pd.DataFrame, ratios: pd.DataFrame, eq: pd.DataFrame, low: st
     best = best_of(rows, [v for v in ratios.index if v not in ("fp32", aa)], stages=feat, floor=floor)
     pick = best.lowest  # the row the steps below follow: the lowest median, named tied where it does not clear
 
-    ran = set(rows.loc[rows["status"] == "ok", "variant"]) if "status" in rows else set(rows["variant"])
+    ran = set(rows.loc[rows["status"] == "ok", "variant"])
 
     def why_not(v: str) -> str:
-        err = rows[(rows["variant"] == v) & (rows.get("status") == "error")] if "status" in rows else rows.iloc[:0]
-        return str(err["message"].iloc[0]) if len(err) and "message" in err else "no rows"
+        err = rows.loc[(rows["variant"] == v) & (rows["status"] == "error"), "message"]
+        return str(err.iloc[0]) if len(err) else "no rows"
 
     def step(a: str, b: str, stages=feat) -> str:
         missing = [v for v in (a, b) if v not in ran]
